@@ -1,0 +1,126 @@
+//! HTTP only: parse typed input, call a use case, shape the response. No SQL and no storage
+//! calls here.
+
+mod blobs;
+mod manifests;
+pub mod routes;
+
+use std::collections::HashMap;
+
+use actix_web::http::{Method, header};
+use actix_web::middleware::DefaultHeaders;
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use crate::error::{Error, Result};
+use crate::registry::Registry;
+use routes::Route;
+
+pub const API_VERSION_HEADER: &str = "Docker-Distribution-API-Version";
+pub const DIGEST_HEADER: &str = "Docker-Content-Digest";
+pub const UPLOAD_UUID_HEADER: &str = "Docker-Upload-UUID";
+
+/// The `Range` value of an upload holding `size` bytes: inclusive, `0-<last byte>`; `0-0`
+/// for an empty upload, as Distribution answers.
+pub fn upload_range(size: u64) -> String {
+    format!("0-{}", size.saturating_sub(1))
+}
+
+/// Registers the registry's routes on an actix app.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/healthz").to(healthz))
+        .service(web::resource("/readyz").to(readyz))
+        .service(web::resource("/v2").to(dispatch))
+        .service(web::resource("/v2/{tail:.*}").to(dispatch));
+}
+
+/// Headers every registry response carries.
+pub fn default_headers() -> DefaultHeaders {
+    DefaultHeaders::new().add((API_VERSION_HEADER, "registry/2.0"))
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+/// Ready when the database and the storage both answer.
+async fn readyz(registry: web::Data<Registry>) -> HttpResponse {
+    let db = registry.meta.ping().await;
+    let storage = registry.storage.check().await;
+    match (db, storage) {
+        (Ok(()), Ok(())) => HttpResponse::Ok().content_type("text/plain").body("ready\n"),
+        (db, storage) => {
+            let mut msg = String::from("not ready\n");
+            if let Err(e) = db {
+                tracing::warn!(error = %e, "readiness: database check failed");
+                msg.push_str("database: unavailable\n");
+            }
+            if let Err(e) = storage {
+                tracing::warn!(error = %e, "readiness: storage check failed");
+                msg.push_str("storage: unavailable\n");
+            }
+            HttpResponse::ServiceUnavailable().content_type("text/plain").body(msg)
+        }
+    }
+}
+
+pub(crate) fn query(req: &HttpRequest) -> Result<HashMap<String, String>> {
+    web::Query::<HashMap<String, String>>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|e| Error::Unsupported(format!("malformed query string: {e}")))
+}
+
+async fn dispatch(req: HttpRequest, body: web::Payload, registry: web::Data<Registry>) -> Result<HttpResponse> {
+    let tail = req.path().strip_prefix("/v2").unwrap_or_default();
+    let tail = tail.strip_prefix('/').unwrap_or(tail);
+    let route = routes::parse(tail)?;
+    let reg = registry.get_ref();
+    let m = req.method();
+    match route {
+        Route::Base if m == Method::GET || m == Method::HEAD => {
+            Ok(HttpResponse::Ok().content_type("application/json").body("{}"))
+        }
+        Route::Catalog if m == Method::GET => manifests::catalog(&req, reg).await,
+        Route::Tags(name) if m == Method::GET => manifests::tags(&req, reg, &name).await,
+        Route::Manifest(name, reference) => match *m {
+            Method::GET => manifests::get(reg, &name, &reference, true).await,
+            Method::HEAD => manifests::get(reg, &name, &reference, false).await,
+            Method::PUT => manifests::put(&req, body, reg, &name, &reference).await,
+            Method::DELETE => manifests::delete(reg, &name, &reference).await,
+            _ => Err(Error::MethodNotAllowed),
+        },
+        Route::Referrers(name, digest) if m == Method::GET => manifests::referrers(&req, reg, &name, &digest).await,
+        Route::Blob(name, digest) => match *m {
+            Method::GET => blobs::get(&req, reg, &name, &digest, true).await,
+            Method::HEAD => blobs::get(&req, reg, &name, &digest, false).await,
+            Method::DELETE => blobs::delete(reg, &name, &digest).await,
+            _ => Err(Error::MethodNotAllowed),
+        },
+        Route::UploadStart(name) if m == Method::POST => blobs::start_upload(&req, body, reg, &name).await,
+        Route::Upload(name, id) => match *m {
+            Method::GET => blobs::upload_status(reg, &name, &id).await,
+            Method::PATCH => blobs::patch_upload(&req, body, reg, &name, &id).await,
+            Method::PUT => blobs::put_upload(&req, body, reg, &name, &id).await,
+            Method::DELETE => blobs::cancel_upload(reg, &name, &id).await,
+            _ => Err(Error::MethodNotAllowed),
+        },
+        _ => Err(Error::MethodNotAllowed),
+    }
+}
+
+/// A request header as text, if present and valid.
+pub(crate) fn header_str<'a>(req: &'a HttpRequest, name: impl header::AsHeaderName) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `?n=` and `?last=` of the listing endpoints.
+pub(crate) fn pagination(req: &HttpRequest) -> Result<(Option<u32>, Option<String>)> {
+    let q = query(req)?;
+    let n = match q.get("n") {
+        None => None,
+        Some(s) if s.is_empty() => None,
+        Some(s) => Some(s.parse::<u32>().map_err(|_| {
+            Error::Unsupported(format!("invalid pagination parameter n={s:?}: expected a non-negative integer"))
+        })?),
+    };
+    Ok((n, q.get("last").filter(|l| !l.is_empty()).cloned()))
+}

@@ -1,0 +1,340 @@
+//! Configuration: defaults that need no file, then a YAML file, then environment overrides.
+//!
+//! Keys follow CNCF Distribution's where the concept is the same (`http.addr`,
+//! `storage.filesystem.rootdirectory`, `storage.delete.enabled`, `storage.redirect.disable`,
+//! `storage.maintenance.uploadpurging.*`, `log.level`), so an operator's habits carry over.
+//! Environment variables override any key the way Distribution's do: `REGISTRY_HTTP_ADDR`
+//! sets `http.addr`, `REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY` sets
+//! `storage.filesystem.rootdirectory`; `WHARF_` works as the same prefix. That is why no key
+//! contains an underscore.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Deserializer};
+use serde_yaml::{Mapping, Value};
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Accepted for compatibility with Distribution's files; ignored.
+    pub version: Option<Value>,
+    pub log: LogConfig,
+    pub http: HttpConfig,
+    pub storage: StorageConfig,
+    pub database: DatabaseConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// error, warn, info, debug, trace; `RUST_LOG` takes precedence when set.
+    pub level: String,
+    /// `text` or `json`.
+    pub formatter: String,
+    /// Log one line per request (method, path, status, duration).
+    pub accesslog: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            formatter: "text".into(),
+            accesslog: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub addr: String,
+    /// Worker threads serving HTTP; 0 means one per CPU.
+    pub workers: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            addr: "0.0.0.0:5000".into(),
+            workers: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub filesystem: Option<FilesystemConfig>,
+    pub delete: DeleteConfig,
+    pub redirect: RedirectConfig,
+    pub maintenance: MaintenanceConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesystemConfig {
+    /// Blobs live under `<rootdirectory>/docker/registry/v2/blobs/sha256/<2 hex>/<hex>/data`,
+    /// the same layout as Distribution's.
+    pub rootdirectory: PathBuf,
+}
+
+impl Default for FilesystemConfig {
+    fn default() -> Self {
+        Self {
+            rootdirectory: PathBuf::from("./data"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeleteConfig {
+    /// Allow DELETE of manifests, tags and blob links through the API.
+    pub enabled: bool,
+}
+
+impl Default for DeleteConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedirectConfig {
+    /// Serve blob bytes through wharf even when the storage could redirect to a presigned URL.
+    pub disable: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    pub uploadpurging: UploadPurgingConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadPurgingConfig {
+    pub enabled: bool,
+    /// Uploads untouched for this long are aborted.
+    #[serde(deserialize_with = "duration")]
+    pub age: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Log what would be purged without purging it.
+    pub dryrun: bool,
+}
+
+impl Default for UploadPurgingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            age: Duration::from_secs(168 * 3600),
+            interval: Duration::from_secs(24 * 3600),
+            dryrun: false,
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path/to/wharf.db` or `postgres://user:pass@host:5432/db`. Empty means a SQLite
+    /// file `wharf.db` under the filesystem root directory.
+    pub url: String,
+    pub maxconnections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            maxconnections: 16,
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .field("maxconnections", &self.maxconnections)
+            .finish()
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Config {
+    /// Loads `path` (if given; a missing explicit file is an error) and applies environment
+    /// overrides from `env`.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Self> {
+        let mut tree = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| {
+                    format!("cannot read config file {}: check the path passed to --config", p.display())
+                })?;
+                if text.trim().is_empty() {
+                    Value::Mapping(Mapping::new())
+                } else {
+                    serde_yaml::from_str(&text).with_context(|| format!("config file {} is not valid YAML", p.display()))?
+                }
+            }
+            None => Value::Mapping(Mapping::new()),
+        };
+        if tree.is_null() {
+            tree = Value::Mapping(Mapping::new());
+        }
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix("REGISTRY_").or_else(|| key.strip_prefix("WHARF_")) else {
+                continue;
+            };
+            let path: Vec<String> = rest.split('_').map(str::to_ascii_lowercase).collect();
+            if path.iter().any(String::is_empty) {
+                continue;
+            }
+            set_path(&mut tree, &path, &value).with_context(|| format!("environment variable {key}"))?;
+        }
+        let mut config: Config = serde_yaml::from_value(tree).context(
+            "invalid configuration (see config/wharf.yaml for every key; env overrides look like REGISTRY_HTTP_ADDR)",
+        )?;
+        config.fill_defaults();
+        Ok(config)
+    }
+
+    fn fill_defaults(&mut self) {
+        let root = self.storage.filesystem.get_or_insert_with(FilesystemConfig::default);
+        if self.database.url.is_empty() {
+            self.database.url = format!("sqlite://{}", root.rootdirectory.join("wharf.db").display());
+        }
+    }
+}
+
+fn set_path(tree: &mut Value, path: &[String], raw: &str) -> anyhow::Result<()> {
+    let Value::Mapping(map) = tree else {
+        bail!("cannot set a key below a value that is not a mapping");
+    };
+    let key = Value::String(path[0].clone());
+    if path.len() == 1 {
+        // Parse as a YAML scalar so that `true`, `16` and `24h` keep their natural types.
+        let value = serde_yaml::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_owned()));
+        let value = if value.is_null() { Value::String(raw.to_owned()) } else { value };
+        map.insert(key, value);
+        return Ok(());
+    }
+    let child = map.entry(key).or_insert_with(|| Value::Mapping(Mapping::new()));
+    if child.is_null() {
+        *child = Value::Mapping(Mapping::new());
+    }
+    set_path(child, &path[1..], raw)
+}
+
+/// Go-style durations ("168h", "90m", "30s", "1h30m", "500ms") or a number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(num_end);
+        let unit_end = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_end);
+        let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 24h, 30m, 10s"))?;
+        let unit_secs = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return Err(format!("invalid duration {s:?}: unknown unit {unit:?} (use h, m, s or ms)")),
+        };
+        total += Duration::from_secs_f64(n * unit_secs);
+        rest = tail;
+    }
+    Ok(total)
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let v = Value::deserialize(d)?;
+    match v {
+        Value::Number(n) => n
+            .as_u64()
+            .map(Duration::from_secs)
+            .ok_or_else(|| serde::de::Error::custom("a duration in seconds must be a non-negative integer")),
+        Value::String(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+        _ => Err(serde::de::Error::custom("expected a duration such as 24h")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert_eq!(c.http.addr, "0.0.0.0:5000");
+        assert_eq!(c.database.url, "sqlite://./data/wharf.db");
+        assert!(c.storage.delete.enabled);
+        assert_eq!(c.storage.maintenance.uploadpurging.age, Duration::from_secs(168 * 3600));
+    }
+
+    #[test]
+    fn env_overrides_like_distribution() {
+        let env = vec![
+            ("REGISTRY_HTTP_ADDR".to_string(), "127.0.0.1:6000".to_string()),
+            ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY".to_string(), "/srv/reg".to_string()),
+            ("WHARF_STORAGE_DELETE_ENABLED".to_string(), "false".to_string()),
+            ("REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE".to_string(), "2h".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c = Config::load(None, env).unwrap();
+        assert_eq!(c.http.addr, "127.0.0.1:6000");
+        assert_eq!(c.storage.filesystem.unwrap().rootdirectory, PathBuf::from("/srv/reg"));
+        assert_eq!(c.database.url, "sqlite:///srv/reg/wharf.db");
+        assert!(!c.storage.delete.enabled);
+        assert_eq!(c.storage.maintenance.uploadpurging.age, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let env = vec![("REGISTRY_HTTP_ADDRESS".to_string(), "x".to_string())];
+        let err = format!("{:#}", Config::load(None, env).unwrap_err());
+        assert!(err.contains("address"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("3 days").is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        assert_eq!(redact_url("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact_url("sqlite://./x.db"), "sqlite://./x.db");
+    }
+}

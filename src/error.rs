@@ -1,0 +1,130 @@
+//! The registry's one error type and the one place it becomes an HTTP response: the error codes
+//! of the distribution spec's table, each with its status, in the spec's JSON body
+//! `{"errors":[{"code","message","detail"}]}`. Failures that are not the client's fault are
+//! logged with their context and answered as a bare 500 without internals.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("blob unknown to registry: {0}")]
+    BlobUnknown(String),
+    #[error("{0}")]
+    BlobUploadInvalid(String),
+    #[error("blob upload unknown to registry: {0}")]
+    BlobUploadUnknown(String),
+    #[error("{0}")]
+    DigestInvalid(String),
+    #[error("manifest references a blob unknown to this repository: {0}")]
+    ManifestBlobUnknown(String),
+    #[error("{0}")]
+    ManifestInvalid(String),
+    #[error("manifest unknown: {0}")]
+    ManifestUnknown(String),
+    #[error("{0}")]
+    NameInvalid(String),
+    #[error("repository name not known to registry: {0}")]
+    NameUnknown(String),
+    #[error("{0}")]
+    SizeInvalid(String),
+    /// A manifest over the size limit: SIZE_INVALID with 413.
+    #[error("{0}")]
+    TooLarge(String),
+    /// An out-of-order chunk, a mismatched Content-Range or a final PUT at the wrong offset:
+    /// 416 with the upload's current state, which the request did not change.
+    #[error("{message}")]
+    RangeInvalid { message: String, offset: u64 },
+    #[error("{0}")]
+    Denied(String),
+    /// A request that would break what is stored (e.g. deleting a manifest an index needs).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unsupported(String),
+    /// A path under /v2/ that is no endpoint of the API.
+    #[error("no such endpoint: {0}")]
+    NoRoute(String),
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
+    #[error("the server is busy; retry shortly: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn internal(context: &str, e: impl std::fmt::Display) -> Self {
+        Error::Internal(anyhow::anyhow!("{context}: {e}"))
+    }
+
+    /// The spec's error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::BlobUnknown(_) => "BLOB_UNKNOWN",
+            Error::BlobUploadInvalid(_) | Error::RangeInvalid { .. } => "BLOB_UPLOAD_INVALID",
+            Error::BlobUploadUnknown(_) => "BLOB_UPLOAD_UNKNOWN",
+            Error::DigestInvalid(_) => "DIGEST_INVALID",
+            Error::ManifestBlobUnknown(_) => "MANIFEST_BLOB_UNKNOWN",
+            Error::ManifestInvalid(_) => "MANIFEST_INVALID",
+            Error::ManifestUnknown(_) => "MANIFEST_UNKNOWN",
+            Error::NameInvalid(_) => "NAME_INVALID",
+            Error::NameUnknown(_) | Error::NoRoute(_) => "NAME_UNKNOWN",
+            Error::SizeInvalid(_) | Error::TooLarge(_) => "SIZE_INVALID",
+            Error::Denied(_) | Error::Conflict(_) => "DENIED",
+            Error::Unsupported(_) | Error::MethodNotAllowed => "UNSUPPORTED",
+            Error::Unavailable(_) => "TOOMANYREQUESTS",
+            Error::Internal(_) => "UNKNOWN",
+        }
+    }
+}
+
+impl ResponseError for Error {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Error::BlobUnknown(_)
+            | Error::BlobUploadUnknown(_)
+            | Error::ManifestUnknown(_)
+            | Error::NameUnknown(_)
+            | Error::NoRoute(_) => StatusCode::NOT_FOUND,
+            Error::BlobUploadInvalid(_)
+            | Error::DigestInvalid(_)
+            | Error::ManifestBlobUnknown(_)
+            | Error::ManifestInvalid(_)
+            | Error::NameInvalid(_)
+            | Error::SizeInvalid(_)
+            | Error::Unsupported(_) => StatusCode::BAD_REQUEST,
+            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::RangeInvalid { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            Error::Denied(_) => StatusCode::FORBIDDEN,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if let Error::Internal(e) = self {
+            tracing::error!(error = format!("{e:#}"), "request failed");
+            return HttpResponse::build(status)
+                .content_type("application/json")
+                .body(r#"{"errors":[{"code":"UNKNOWN","message":"internal server error"}]}"#);
+        }
+        let mut resp = HttpResponse::build(status);
+        if let Error::RangeInvalid { offset, .. } = self {
+            resp.insert_header((header::RANGE, crate::api::upload_range(*offset)));
+        }
+        if let Error::Unavailable(_) = self {
+            resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
+        resp.content_type("application/json").body(
+            json!({"errors": [{"code": self.code(), "message": self.to_string(), "detail": null}]}).to_string(),
+        )
+    }
+}

@@ -1,0 +1,101 @@
+//! wharf: an OCI Distribution registry whose metadata — manifests, tags, and the
+//! manifest→blob and manifest→child edges — lives in SQLite or PostgreSQL, so that garbage
+//! collection and usage reporting are SQL queries rather than storage walks.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod meta;
+pub mod oci;
+pub mod registry;
+pub mod storage;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+
+use config::Config;
+use meta::MetaStore;
+use registry::Registry;
+use storage::{BlobStore, FsDriver};
+
+/// Opens the database (running migrations) and the storage driver named by `config`.
+pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
+    let meta = MetaStore::open(&config.database.url, config.database.maxconnections).await?;
+    let fs = config.storage.filesystem.clone().unwrap_or_default();
+    let driver = FsDriver::new(&fs.rootdirectory).with_context(|| {
+        format!(
+            "cannot use storage.filesystem.rootdirectory {}: create it or point the setting at a writable directory",
+            fs.rootdirectory.display()
+        )
+    })?;
+    Ok(Registry {
+        meta,
+        storage: BlobStore::Filesystem(driver),
+        delete_enabled: config.storage.delete.enabled,
+        redirect_enabled: !config.storage.redirect.disable,
+    })
+}
+
+/// Builds the HTTP server on an already bound listener (tests bind port 0).
+pub fn http_server(registry: Arc<Registry>, listener: TcpListener, workers: usize, access_log: bool) -> anyhow::Result<Server> {
+    let data = web::Data::from(registry);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .wrap(actix_web::middleware::Condition::new(
+                access_log,
+                actix_web::middleware::from_fn(access_log_mw),
+            ))
+            .wrap(api::default_headers())
+            .configure(api::configure)
+    })
+    .workers(if workers == 0 { num_cpus() } else { workers })
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+async fn access_log_mw(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let path = req.path().to_owned();
+    let res = next.call(req).await?;
+    tracing::info!(
+        target: "wharf::access",
+        %method,
+        path,
+        status = res.status().as_u16(),
+        ms = (started.elapsed().as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
+    );
+    Ok(res)
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}
+
+/// Background maintenance inside `wharf serve`: purging abandoned uploads.
+pub fn spawn_maintenance(registry: Arc<Registry>, config: &Config) {
+    let purge = config.storage.maintenance.uploadpurging.clone();
+    if !purge.enabled {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(purge.interval.max(std::time::Duration::from_secs(1)));
+        loop {
+            tick.tick().await;
+            match registry.purge_uploads(purge.age, purge.dryrun).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(uploads = n, dry_run = purge.dryrun, "upload purge finished"),
+                Err(e) => tracing::warn!(error = format!("{e:#}"), "upload purge failed"),
+            }
+        }
+    });
+}

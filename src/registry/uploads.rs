@@ -1,0 +1,235 @@
+//! Blob uploads: sessions, chunks, completion.
+//!
+//! An upload's state — size, running SHA-256 state, storage driver state — is in the database
+//! after every request, so any replica can take the next request. A request holds the storage's
+//! upload lock while it writes, re-reads the state under the lock, and saves the new state only
+//! if nobody moved the upload on meanwhile.
+
+use std::io;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+
+use super::{Registry, io_stream};
+use crate::error::{Error, Result};
+use crate::meta::UploadRecord;
+use crate::oci::{Digest, RepoName, Sha256Hasher};
+use crate::storage::UploadLock;
+
+/// An upload's position, for the `Range` and `Location` headers.
+#[derive(Debug, Clone)]
+pub struct UploadStatus {
+    pub id: String,
+    pub size: u64,
+}
+
+/// A chunk's `Content-Range: <start>-<end>` (inclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl ContentRange {
+    pub fn len(&self) -> u64 {
+        self.end - self.start + 1
+    }
+}
+
+impl Registry {
+    pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadStatus> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.meta
+            .create_upload(repo, &id, &Sha256Hasher::new().save(), "")
+            .await?;
+        Ok(UploadStatus { id, size: 0 })
+    }
+
+    async fn upload_record(&self, repo: &RepoName, id: &str) -> Result<UploadRecord> {
+        match self.meta.upload(id).await? {
+            Some(u) if u.repository == repo.as_str() => Ok(u),
+            _ => Err(Error::BlobUploadUnknown(format!("upload {id} in {repo}"))),
+        }
+    }
+
+    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadStatus> {
+        let u = self.upload_record(repo, id).await?;
+        Ok(UploadStatus { id: u.id, size: u.size })
+    }
+
+    /// Takes the upload's storage lock and re-reads its state under it.
+    async fn lock_upload(&self, repo: &RepoName, id: &str) -> Result<(UploadLock, UploadRecord)> {
+        // Checked before touching storage, so unknown ids create nothing there.
+        self.upload_record(repo, id).await?;
+        let lock = self.storage.upload_lock(id).await?;
+        let record = self.upload_record(repo, id).await?;
+        Ok((lock, record))
+    }
+
+    /// Writes `body` at the upload's end and saves the new state.
+    async fn append_locked<S, E>(
+        &self,
+        lock: &mut UploadLock,
+        record: &mut UploadRecord,
+        range: Option<ContentRange>,
+        body: S,
+    ) -> Result<()>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        if let Some(r) = range {
+            if r.start != record.size {
+                return Err(Error::RangeInvalid {
+                    message: format!(
+                        "chunk starts at byte {} but the upload holds {} bytes; resume from byte {}",
+                        r.start, record.size, record.size
+                    ),
+                    offset: record.size,
+                });
+            }
+        }
+        let mut hasher = Sha256Hasher::restore(&record.hash_state)
+            .ok_or_else(|| Error::internal("upload", format!("corrupt hash state for upload {}", record.id)))?;
+        let hashed = io_stream(body).map(|r: io::Result<Bytes>| {
+            if let Ok(b) = &r {
+                hasher.update(b);
+            }
+            r
+        });
+        let appended = self
+            .storage
+            .upload_append(lock, &record.driver_state, record.size, hashed)
+            .await?;
+        if let Some(r) = range {
+            if appended.written != r.len() {
+                return Err(Error::RangeInvalid {
+                    message: format!(
+                        "Content-Range announced {} bytes but the body held {}",
+                        r.len(),
+                        appended.written
+                    ),
+                    offset: record.size,
+                });
+            }
+        }
+        if appended.written == 0 {
+            return Ok(());
+        }
+        let new_size = record.size + appended.written;
+        let hash_state = hasher.save();
+        if !self
+            .meta
+            .save_upload_progress(&record.id, record.size, new_size, &hash_state, &appended.state)
+            .await?
+        {
+            // Cannot happen while the storage lock serialises writers; refuse rather than guess.
+            return Err(Error::BlobUploadInvalid(format!(
+                "upload {} was changed by a concurrent request; check its status and resume",
+                record.id
+            )));
+        }
+        record.size = new_size;
+        record.hash_state = hash_state;
+        record.driver_state = appended.state;
+        Ok(())
+    }
+
+    /// PATCH: appends a chunk (with `Content-Range`) or a stream (without).
+    pub async fn append_upload<S, E>(&self, repo: &RepoName, id: &str, range: Option<ContentRange>, body: S) -> Result<UploadStatus>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let (mut lock, mut record) = self.lock_upload(repo, id).await?;
+        self.append_locked(&mut lock, &mut record, range, body).await?;
+        Ok(UploadStatus {
+            id: record.id,
+            size: record.size,
+        })
+    }
+
+    /// PUT ?digest=: appends the final chunk (if any), checks the digest and commits the blob.
+    /// Returns the blob's size.
+    pub async fn complete_upload<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        range: Option<ContentRange>,
+        body: S,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let (mut lock, mut record) = self.lock_upload(repo, id).await?;
+        self.append_locked(&mut lock, &mut record, range, body).await?;
+        let hasher = Sha256Hasher::restore(&record.hash_state)
+            .ok_or_else(|| Error::internal("upload", format!("corrupt hash state for upload {id}")))?;
+        let actual = hasher.digest();
+        if actual != *digest {
+            // Nothing of a mismatched upload is kept.
+            self.meta.delete_upload(id).await?;
+            self.storage.upload_abort(id, &record.driver_state).await?;
+            return Err(Error::DigestInvalid(format!(
+                "the uploaded content ({} bytes) has digest {actual}, not {digest}; the upload was discarded",
+                record.size
+            )));
+        }
+
+        let commit = self.meta.begin_blob_commit(digest, record.size).await?;
+        let needs_object = commit.needs_object();
+        if needs_object {
+            self.storage
+                .upload_commit(&mut lock, id, &record.driver_state, record.size, digest)
+                .await?;
+        }
+        commit.finish(repo, digest, id).await?;
+        if !needs_object {
+            // The registry already stored these bytes.
+            if let Err(e) = self.storage.upload_abort(id, &record.driver_state).await {
+                tracing::warn!(upload = id, error = %e, "could not remove the data of a deduplicated upload");
+            }
+        }
+        Ok(record.size)
+    }
+
+    /// POST ?digest=: a whole blob in one request.
+    pub async fn monolithic_upload<S, E>(&self, repo: &RepoName, digest: &Digest, body: S) -> Result<u64>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let status = self.start_upload(repo).await?;
+        let result = self.complete_upload(repo, &status.id, digest, None, body).await;
+        if result.is_err() {
+            let _ = self.cancel_upload(repo, &status.id).await;
+        }
+        result
+    }
+
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
+        let record = self.upload_record(repo, id).await?;
+        self.meta.delete_upload(id).await?;
+        self.storage.upload_abort(id, &record.driver_state).await?;
+        Ok(())
+    }
+
+    /// Aborts uploads untouched for longer than `age`. Returns how many (that would be) purged.
+    pub async fn purge_uploads(&self, age: std::time::Duration, dry_run: bool) -> anyhow::Result<usize> {
+        let before = crate::meta::now_ms() - age.as_millis() as i64;
+        let stale = self.meta.stale_uploads(before).await?;
+        for u in &stale {
+            if dry_run {
+                tracing::info!(upload = %u.id, repository = %u.repository, size = u.size, "would purge stale upload (dry run)");
+                continue;
+            }
+            if self.meta.delete_upload(&u.id).await? {
+                self.storage.upload_abort(&u.id, &u.driver_state).await?;
+                tracing::info!(upload = %u.id, repository = %u.repository, size = u.size, "purged stale upload");
+            }
+        }
+        Ok(stale.len())
+    }
+}

@@ -1,0 +1,270 @@
+//! The filesystem driver.
+//!
+//! An upload is one file, `wharf/uploads/<id>/data`, written at the offset the database
+//! records, fdatasync'ed before the offset is saved, and renamed into the blob path when the
+//! upload completes (then the directory is fsync'ed). An exclusive `flock` on the upload file
+//! serialises requests for the same upload, across processes too; bytes past the recorded
+//! offset (a request that failed half way) are cut off before the next append.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, ErrorKind};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use tokio::task::spawn_blocking;
+
+use super::{Appended, ByteStream, StorageError, StorageResult};
+use crate::oci::Digest;
+
+/// Appends are written in pieces of this size, one piece in flight while the next arrives.
+const WRITE_PIECE: usize = 1 << 20;
+const READ_PIECE: u64 = 1 << 20;
+
+pub struct FsDriver {
+    root: PathBuf,
+}
+
+pub(super) struct UploadFile {
+    file: Arc<File>,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    spawn_blocking(f).await.map_err(io::Error::other)?
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl FsDriver {
+    pub fn new(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(root.join("docker/registry/v2/blobs"))?;
+        std::fs::create_dir_all(root.join("wharf/uploads"))?;
+        Ok(FsDriver { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.root
+            .join("docker/registry/v2/blobs")
+            .join(digest.algorithm())
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    /// `id` is a UUID checked by the API layer; it never contains a path separator.
+    fn upload_dir(&self, id: &str) -> PathBuf {
+        self.root.join("wharf/uploads").join(id)
+    }
+
+    pub(super) async fn check(&self) -> StorageResult<()> {
+        let probe = self.root.join("wharf/.ready");
+        blocking(move || {
+            std::fs::write(&probe, b"ok")?;
+            std::fs::remove_file(&probe)
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn upload_lock(&self, id: &str) -> StorageResult<UploadFile> {
+        let dir = self.upload_dir(id);
+        let file = blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("data"))?;
+            // SAFETY: flock on a valid open descriptor; it is released when the file closes.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(file)
+        })
+        .await?;
+        Ok(UploadFile { file: Arc::new(file) })
+    }
+
+    pub(super) async fn upload_append<S>(
+        &self,
+        upload: &mut UploadFile,
+        _state: &str,
+        offset: u64,
+        mut body: S,
+    ) -> StorageResult<Appended>
+    where
+        S: Stream<Item = io::Result<Bytes>> + Unpin,
+    {
+        let file = upload.file.clone();
+        let found = blocking(move || {
+            let len = file.metadata()?.len();
+            if len > offset {
+                file.set_len(offset)?;
+            }
+            Ok(len)
+        })
+        .await?;
+        if found < offset {
+            return Err(StorageError::UploadDataLost { expected: offset, found });
+        }
+
+        let mut pos = offset;
+        let mut piece = BytesMut::with_capacity(WRITE_PIECE);
+        let mut in_flight: Option<tokio::task::JoinHandle<io::Result<()>>> = None;
+        loop {
+            let next = body.next().await;
+            let done = match next {
+                Some(Ok(chunk)) => {
+                    piece.extend_from_slice(&chunk);
+                    false
+                }
+                Some(Err(e)) => {
+                    if let Some(w) = in_flight.take() {
+                        let _ = w.await;
+                    }
+                    return Err(StorageError::Body(e.to_string()));
+                }
+                None => true,
+            };
+            if piece.len() >= WRITE_PIECE || (done && !piece.is_empty()) {
+                if let Some(w) = in_flight.take() {
+                    w.await.map_err(io::Error::other)??;
+                }
+                let data = piece.split().freeze();
+                let file = upload.file.clone();
+                let at = pos;
+                pos += data.len() as u64;
+                in_flight = Some(spawn_blocking(move || file.write_all_at(&data, at)));
+            }
+            if done {
+                break;
+            }
+        }
+        if let Some(w) = in_flight.take() {
+            w.await.map_err(io::Error::other)??;
+        }
+        let file = upload.file.clone();
+        blocking(move || file.sync_data()).await?;
+        Ok(Appended {
+            state: String::new(),
+            written: pos - offset,
+        })
+    }
+
+    pub(super) async fn upload_commit(
+        &self,
+        upload: &mut UploadFile,
+        id: &str,
+        _state: &str,
+        size: u64,
+        digest: &Digest,
+    ) -> StorageResult<()> {
+        let src_dir = self.upload_dir(id);
+        let dst = self.blob_path(digest);
+        let file = upload.file.clone();
+        blocking(move || {
+            // The recorded size is the truth; anything past it is from a failed request.
+            let len = file.metadata()?.len();
+            if len < size {
+                return Err(io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    format!("upload holds {len} bytes, {size} recorded"),
+                ));
+            }
+            if len > size {
+                file.set_len(size)?;
+                file.sync_data()?;
+            }
+            let dst_dir = dst.parent().expect("blob path has a parent");
+            std::fs::create_dir_all(dst_dir)?;
+            std::fs::rename(src_dir.join("data"), &dst)?;
+            sync_dir(dst_dir)?;
+            let _ = std::fs::remove_dir(&src_dir);
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn upload_abort(&self, id: &str, _state: &str) -> StorageResult<()> {
+        let dir = self.upload_dir(id);
+        blocking(move || match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            other => other,
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn blob_read(&self, digest: &Digest, start: u64, len: u64) -> StorageResult<ByteStream> {
+        let path = self.blob_path(digest);
+        let file = blocking(move || File::open(path)).await.map_err(not_found)?;
+        let file = Arc::new(file);
+        let end = start + len;
+        let stream = futures_util::stream::try_unfold(start, move |pos| {
+            let file = file.clone();
+            async move {
+                if pos >= end {
+                    return Ok(None);
+                }
+                let want = (end - pos).min(READ_PIECE) as usize;
+                let buf = blocking(move || {
+                    let mut buf = vec![0u8; want];
+                    let mut filled = 0;
+                    while filled < want {
+                        let n = file.read_at(&mut buf[filled..], pos + filled as u64)?;
+                        if n == 0 {
+                            return Err(io::Error::new(ErrorKind::UnexpectedEof, "blob is shorter than recorded"));
+                        }
+                        filled += n;
+                    }
+                    Ok(buf)
+                })
+                .await?;
+                let n = buf.len() as u64;
+                Ok(Some((Bytes::from(buf), pos + n)))
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
+    pub(super) async fn blob_stat(&self, digest: &Digest) -> StorageResult<Option<u64>> {
+        let path = self.blob_path(digest);
+        match blocking(move || std::fs::metadata(path)).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(super) async fn blob_delete(&self, digest: &Digest) -> StorageResult<()> {
+        let path = self.blob_path(digest);
+        blocking(move || {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+fn not_found(e: io::Error) -> StorageError {
+    if e.kind() == ErrorKind::NotFound {
+        StorageError::NotFound
+    } else {
+        StorageError::Io(e)
+    }
+}

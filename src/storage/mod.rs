@@ -1,0 +1,138 @@
+//! Blob storage: bytes by digest, and the bytes of uploads in progress. Drivers know nothing of
+//! manifests, repositories or the database; they store, stream and delete objects.
+//!
+//! Blobs live at Distribution's path, `docker/registry/v2/blobs/sha256/<2 hex>/<hex>/data`
+//! under the root, so an existing Distribution tree can be served in place.
+
+mod fs;
+
+use std::io;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+pub use fs::FsDriver;
+
+use crate::oci::Digest;
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("object not found")]
+    NotFound,
+    /// The request body failed (client went away, or sent less than it announced).
+    #[error("request body: {0}")]
+    Body(String),
+    /// The upload's stored bytes no longer match its recorded size.
+    #[error("upload data is missing or shorter than recorded ({found} of {expected} bytes)")]
+    UploadDataLost { expected: u64, found: u64 },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// The result of appending a request body to an upload.
+#[derive(Debug)]
+pub struct Appended {
+    /// Driver state to save with the upload (opaque to callers).
+    pub state: String,
+    pub written: u64,
+}
+
+/// Held while one request writes to an upload; other requests for the same upload wait.
+pub struct UploadLock {
+    inner: fs::UploadFile,
+}
+
+/// The configured storage driver.
+pub enum BlobStore {
+    Filesystem(FsDriver),
+}
+
+impl BlobStore {
+    pub fn describe(&self) -> String {
+        match self {
+            BlobStore::Filesystem(d) => format!("filesystem at {}", d.root().display()),
+        }
+    }
+
+    /// Readiness: the storage answers and is writable.
+    pub async fn check(&self) -> StorageResult<()> {
+        match self {
+            BlobStore::Filesystem(d) => d.check().await,
+        }
+    }
+
+    pub async fn upload_lock(&self, id: &str) -> StorageResult<UploadLock> {
+        match self {
+            BlobStore::Filesystem(d) => Ok(UploadLock {
+                inner: d.upload_lock(id).await?,
+            }),
+        }
+    }
+
+    /// Appends `body` to the upload, which holds `offset` bytes. Returns once the bytes are
+    /// durable. On error nothing is recorded as written: the next append starts again at
+    /// `offset`.
+    pub async fn upload_append<S>(
+        &self,
+        lock: &mut UploadLock,
+        state: &str,
+        offset: u64,
+        body: S,
+    ) -> StorageResult<Appended>
+    where
+        S: Stream<Item = io::Result<Bytes>> + Unpin,
+    {
+        match self {
+            BlobStore::Filesystem(d) => d.upload_append(&mut lock.inner, state, offset, body).await,
+        }
+    }
+
+    /// Makes the upload's `size` bytes the object for `digest`.
+    pub async fn upload_commit(&self, lock: &mut UploadLock, id: &str, state: &str, size: u64, digest: &Digest) -> StorageResult<()> {
+        match self {
+            BlobStore::Filesystem(d) => d.upload_commit(&mut lock.inner, id, state, size, digest).await,
+        }
+    }
+
+    /// Discards an upload's bytes. Missing data is not an error.
+    pub async fn upload_abort(&self, id: &str, state: &str) -> StorageResult<()> {
+        match self {
+            BlobStore::Filesystem(d) => d.upload_abort(id, state).await,
+        }
+    }
+
+    /// Streams `len` bytes of the blob from `start`.
+    pub async fn blob_read(&self, digest: &Digest, start: u64, len: u64) -> StorageResult<ByteStream> {
+        match self {
+            BlobStore::Filesystem(d) => d.blob_read(digest, start, len).await,
+        }
+    }
+
+    /// Size of the stored object, if any (fsck and tests; the API trusts the database).
+    pub async fn blob_stat(&self, digest: &Digest) -> StorageResult<Option<u64>> {
+        match self {
+            BlobStore::Filesystem(d) => d.blob_stat(digest).await,
+        }
+    }
+
+    /// Deletes the object. A missing object is not an error.
+    pub async fn blob_delete(&self, digest: &Digest) -> StorageResult<()> {
+        match self {
+            BlobStore::Filesystem(d) => d.blob_delete(digest).await,
+        }
+    }
+
+    /// A URL the client may fetch the blob from directly, when the driver offers one.
+    pub async fn redirect_url(&self, _digest: &Digest) -> StorageResult<Option<String>> {
+        match self {
+            BlobStore::Filesystem(_) => Ok(None),
+        }
+    }
+}
