@@ -202,6 +202,8 @@ pub async fn patch_upload(req: &HttpRequest, body: web::Payload, reg: &Registry,
 
 pub async fn put_upload(req: &HttpRequest, body: web::Payload, reg: &Registry, name: &RepoName, id: &str) -> Result<HttpResponse> {
     let Some(digest) = digest_param(req, "digest")? else {
+        // An unknown session is the bigger problem: say so first.
+        reg.upload_status(name, id).await?;
         return Err(Error::DigestInvalid("PUT to an upload needs ?digest=<digest of the whole blob>".into()));
     };
     let range = check_chunk(req, reg, name, id).await?;

@@ -1,0 +1,390 @@
+//! Test harness: a real wharf server on an ephemeral port, per test, on a chosen backend; an
+//! HTTP client with registry helpers; and a generator of OCI images (no fixtures on disk).
+#![allow(dead_code)]
+
+pub mod images;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, Response, StatusCode};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+use wharf::config::Config;
+use wharf::registry::Registry;
+
+/// The metadata + storage combination a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    SqliteFs,
+    PostgresFs,
+}
+
+/// Runs each listed `async fn name(backend: Backend)` once per backend, as separate tests.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_fs {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::SqliteFs).await
+                }
+            )*
+        }
+        mod postgres_fs {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::PostgresFs).await
+                }
+            )*
+        }
+    };
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// A database for one test. PostgreSQL tests get their own database, created from the
+/// server at WHARF_TEST_POSTGRES_URL and dropped afterwards.
+pub struct TestDatabase {
+    pub url: String,
+    admin_url: Option<String>,
+    name: Option<String>,
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("WHARF_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!(
+            "WHARF_TEST_POSTGRES_URL is not set: the PostgreSQL tests need a server. \
+             Run the suite with scripts/test (it starts a throwaway PostgreSQL), or set \
+             WHARF_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test"
+        )
+    })
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+async fn pg_admin(url: &str, sql: &str) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at {url}: {e}"));
+    let task = tokio::spawn(conn);
+    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    drop(client);
+    let _ = task.await;
+}
+
+impl TestDatabase {
+    pub async fn new(backend: Backend, dir: &Path) -> Self {
+        match backend {
+            Backend::SqliteFs => TestDatabase {
+                url: format!("sqlite://{}", dir.join("wharf.db").display()),
+                admin_url: None,
+                name: None,
+            },
+            Backend::PostgresFs => {
+                let admin = postgres_admin_url();
+                let name = format!("wharf_t_{}", uuid::Uuid::new_v4().simple());
+                pg_admin(&admin, &format!("CREATE DATABASE {name}")).await;
+                TestDatabase {
+                    url: with_database(&admin, &name),
+                    admin_url: Some(admin),
+                    name: Some(name),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let (Some(admin), Some(name)) = (self.admin_url.clone(), self.name.clone()) {
+            // Drop runs outside async context; a helper thread with its own runtime cleans up.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(pg_admin(&admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")));
+            })
+            .join();
+        }
+    }
+}
+
+/// A running registry.
+pub struct TestServer {
+    pub url: String,
+    pub root: PathBuf,
+    pub registry: Arc<Registry>,
+    pub client: Client,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub db: TestDatabase,
+    pub backend: Backend,
+}
+
+impl TestEnv {
+    pub async fn new(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDatabase::new(backend, dir.path()).await;
+        TestEnv { dir, db, backend }
+    }
+
+    pub fn config(&self, extra: &[(&str, &str)]) -> Config {
+        let mut env = vec![
+            ("REGISTRY_HTTP_ADDR".to_string(), "127.0.0.1:0".to_string()),
+            (
+                "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY".to_string(),
+                self.dir.path().join("storage").display().to_string(),
+            ),
+            ("WHARF_DATABASE_URL".to_string(), self.db.url.clone()),
+            ("WHARF_DATABASE_MAXCONNECTIONS".to_string(), "8".to_string()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Config::load(None, env).unwrap()
+    }
+
+    pub async fn start(&self) -> TestServer {
+        self.start_with(&[]).await
+    }
+
+    pub async fn start_with(&self, extra: &[(&str, &str)]) -> TestServer {
+        TestServer::start(self.config(extra)).await
+    }
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> Self {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let root = config.storage.filesystem.clone().unwrap().rootdirectory;
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let registry = Arc::new(wharf::open_registry(&config).await.expect("open registry"));
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let port = listener.local_addr().unwrap().port();
+                let server = wharf::http_server(registry.clone(), listener, 2, false).unwrap();
+                tx.send((server.handle(), registry, port)).ok().unwrap();
+                server.await.unwrap();
+            })
+        });
+        let (handle, registry, port) = rx.await.expect("server failed to start");
+        let url = format!("http://127.0.0.1:{port}");
+        TestServer {
+            client: Client::new(&url),
+            url,
+            root,
+            registry,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the server and waits until its port is closed.
+    pub async fn stop(mut self) {
+        self.handle.stop(false).await;
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        self.root
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    /// Upload directories left in storage.
+    pub fn upload_dirs(&self) -> usize {
+        std::fs::read_dir(self.root.join("wharf/uploads")).map(|d| d.count()).unwrap_or(0)
+    }
+}
+
+/// HTTP client with registry helpers. Paths are relative to the server URL.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+pub async fn error_code(resp: Response) -> String {
+    let body: Value = resp.json().await.expect("error body is JSON");
+    body["errors"][0]["code"].as_str().expect("errors[0].code").to_string()
+}
+
+impl Client {
+    pub fn new(base: &str) -> Self {
+        Client {
+            base: base.to_string(),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(600))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        if path.starts_with("http") {
+            path.to_string()
+        } else {
+            format!("{}{}", self.base, path)
+        }
+    }
+
+    pub fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path))
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.req(Method::GET, path).send().await.unwrap()
+    }
+
+    pub async fn head(&self, path: &str) -> Response {
+        self.req(Method::HEAD, path).send().await.unwrap()
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        self.req(Method::DELETE, path).send().await.unwrap()
+    }
+
+    /// Pushes a blob in one POST; returns its digest.
+    pub async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
+        let digest = sha256(data);
+        let resp = self
+            .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={digest}"))
+            .body(data.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED, "monolithic push to {repo}");
+        digest
+    }
+
+    /// Starts an upload session; returns its Location.
+    pub async fn start_upload(&self, repo: &str) -> String {
+        let resp = self.req(Method::POST, &format!("/v2/{repo}/blobs/uploads/")).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        resp.headers()["location"].to_str().unwrap().to_string()
+    }
+
+    /// Pushes a blob as a sequence of PATCH chunks with Content-Range, then PUT.
+    pub async fn push_blob_chunked(&self, repo: &str, data: &[u8], chunk: usize) -> String {
+        let digest = sha256(data);
+        let mut location = self.start_upload(repo).await;
+        let mut offset = 0usize;
+        for piece in data.chunks(chunk.max(1)) {
+            let resp = self
+                .req(Method::PATCH, &location)
+                .header("Content-Type", "application/octet-stream")
+                .header("Content-Range", format!("{}-{}", offset, offset + piece.len() - 1))
+                .body(piece.to_vec())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::ACCEPTED, "PATCH at {offset}");
+            offset += piece.len();
+            assert_eq!(resp.headers()["range"].to_str().unwrap(), format!("0-{}", offset - 1));
+            location = resp.headers()["location"].to_str().unwrap().to_string();
+        }
+        let resp = self.req(Method::PUT, &with_query(&location, &format!("digest={digest}"))).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        digest
+    }
+
+    pub async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Response {
+        self.req(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
+            .header("Content-Type", media_type)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn push_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> String {
+        let resp = self.put_manifest(repo, reference, media_type, body).await;
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "manifest push to {repo}:{reference}: {text}");
+        sha256(body)
+    }
+
+    /// Pushes every blob and manifest of an image (children before the index).
+    pub async fn push_image(&self, repo: &str, tag: &str, image: &images::Image) -> String {
+        for blob in &image.blobs {
+            self.push_blob(repo, blob).await;
+        }
+        for (media_type, body) in &image.children {
+            self.push_manifest(repo, &sha256(body), media_type, body).await;
+        }
+        self.push_manifest(repo, tag, &image.media_type, &image.manifest).await
+    }
+
+    pub async fn blob_bytes(&self, repo: &str, digest: &str) -> Option<Vec<u8>> {
+        let resp = self.get(&format!("/v2/{repo}/blobs/{digest}")).await;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return None;
+        }
+        assert_eq!(resp.status(), StatusCode::OK);
+        Some(resp.bytes().await.unwrap().to_vec())
+    }
+
+    /// Pulls an image by tag and checks every byte against its digest.
+    pub async fn pull_and_verify(&self, repo: &str, reference: &str) {
+        let resp = self
+            .req(Method::GET, &format!("/v2/{repo}/manifests/{reference}"))
+            .header("Accept", "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "pull {repo}:{reference}");
+        let digest = resp.headers()["docker-content-digest"].to_str().unwrap().to_string();
+        let body = resp.bytes().await.unwrap();
+        assert_eq!(sha256(&body), digest);
+        let m: Value = serde_json::from_slice(&body).unwrap();
+        if let Some(children) = m["manifests"].as_array() {
+            for c in children {
+                Box::pin(self.pull_and_verify(repo, c["digest"].as_str().unwrap())).await;
+            }
+        } else {
+            let mut blobs = vec![m["config"]["digest"].as_str().unwrap().to_string()];
+            blobs.extend(m["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()));
+            for b in blobs {
+                let bytes = self.blob_bytes(repo, &b).await.unwrap_or_else(|| panic!("blob {b} missing in {repo}"));
+                assert_eq!(sha256(&bytes), b);
+            }
+        }
+    }
+}
+
+pub fn with_query(location: &str, q: &str) -> String {
+    if location.contains('?') {
+        format!("{location}&{q}")
+    } else {
+        format!("{location}?{q}")
+    }
+}
