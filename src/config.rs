@@ -184,16 +184,23 @@ pub fn redact_url(url: &str) -> String {
 impl Config {
     /// Loads `path` (if given; a missing explicit file is an error) and applies environment
     /// overrides from `env`.
-    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Self> {
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
         let mut tree = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p).with_context(|| {
-                    format!("cannot read config file {}: check the path passed to --config", p.display())
+                    format!(
+                        "cannot read config file {}: check the path passed to --config",
+                        p.display()
+                    )
                 })?;
                 if text.trim().is_empty() {
                     Value::Mapping(Mapping::new())
                 } else {
-                    serde_yaml::from_str(&text).with_context(|| format!("config file {} is not valid YAML", p.display()))?
+                    serde_yaml::from_str(&text)
+                        .with_context(|| format!("config file {} is not valid YAML", p.display()))?
                 }
             }
             None => Value::Mapping(Mapping::new()),
@@ -202,14 +209,18 @@ impl Config {
             tree = Value::Mapping(Mapping::new());
         }
         for (key, value) in env {
-            let Some(rest) = key.strip_prefix("REGISTRY_").or_else(|| key.strip_prefix("WHARF_")) else {
+            let Some(rest) = key
+                .strip_prefix("REGISTRY_")
+                .or_else(|| key.strip_prefix("WHARF_"))
+            else {
                 continue;
             };
             let path: Vec<String> = rest.split('_').map(str::to_ascii_lowercase).collect();
             if path.iter().any(String::is_empty) {
                 continue;
             }
-            set_path(&mut tree, &path, &value).with_context(|| format!("environment variable {key}"))?;
+            set_path(&mut tree, &path, &value)
+                .with_context(|| format!("environment variable {key}"))?;
         }
         let mut config: Config = serde_yaml::from_value(tree).context(
             "invalid configuration (see config/wharf.yaml for every key; env overrides look like REGISTRY_HTTP_ADDR)",
@@ -219,9 +230,13 @@ impl Config {
     }
 
     fn fill_defaults(&mut self) {
-        let root = self.storage.filesystem.get_or_insert_with(FilesystemConfig::default);
+        let root = self
+            .storage
+            .filesystem
+            .get_or_insert_with(FilesystemConfig::default);
         if self.database.url.is_empty() {
-            self.database.url = format!("sqlite://{}", root.rootdirectory.join("wharf.db").display());
+            self.database.url =
+                format!("sqlite://{}", root.rootdirectory.join("wharf.db").display());
         }
     }
 }
@@ -233,12 +248,19 @@ fn set_path(tree: &mut Value, path: &[String], raw: &str) -> anyhow::Result<()> 
     let key = Value::String(path[0].clone());
     if path.len() == 1 {
         // Parse as a YAML scalar so that `true`, `16` and `24h` keep their natural types.
-        let value = serde_yaml::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_owned()));
-        let value = if value.is_null() { Value::String(raw.to_owned()) } else { value };
+        let value =
+            serde_yaml::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_owned()));
+        let value = if value.is_null() {
+            Value::String(raw.to_owned())
+        } else {
+            value
+        };
         map.insert(key, value);
         return Ok(());
     }
-    let child = map.entry(key).or_insert_with(|| Value::Mapping(Mapping::new()));
+    let child = map
+        .entry(key)
+        .or_insert_with(|| Value::Mapping(Mapping::new()));
     if child.is_null() {
         *child = Value::Mapping(Mapping::new());
     }
@@ -257,17 +279,27 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("empty duration".into());
     }
     while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+        let num_end = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
         let (num, tail) = rest.split_at(num_end);
-        let unit_end = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
         let (unit, tail) = tail.split_at(unit_end);
-        let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 24h, 30m, 10s"))?;
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}: expected e.g. 24h, 30m, 10s"))?;
         let unit_secs = match unit {
             "h" => 3600.0,
             "m" => 60.0,
             "s" => 1.0,
             "ms" => 0.001,
-            _ => return Err(format!("invalid duration {s:?}: unknown unit {unit:?} (use h, m, s or ms)")),
+            _ => {
+                return Err(format!(
+                    "invalid duration {s:?}: unknown unit {unit:?} (use h, m, s or ms)"
+                ));
+            }
         };
         total += Duration::from_secs_f64(n * unit_secs);
         rest = tail;
@@ -278,10 +310,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let v = Value::deserialize(d)?;
     match v {
-        Value::Number(n) => n
-            .as_u64()
-            .map(Duration::from_secs)
-            .ok_or_else(|| serde::de::Error::custom("a duration in seconds must be a non-negative integer")),
+        Value::Number(n) => n.as_u64().map(Duration::from_secs).ok_or_else(|| {
+            serde::de::Error::custom("a duration in seconds must be a non-negative integer")
+        }),
         Value::String(s) => parse_duration(&s).map_err(serde::de::Error::custom),
         _ => Err(serde::de::Error::custom("expected a duration such as 24h")),
     }
@@ -297,24 +328,45 @@ mod tests {
         assert_eq!(c.http.addr, "0.0.0.0:5000");
         assert_eq!(c.database.url, "sqlite://./data/wharf.db");
         assert!(c.storage.delete.enabled);
-        assert_eq!(c.storage.maintenance.uploadpurging.age, Duration::from_secs(168 * 3600));
+        assert_eq!(
+            c.storage.maintenance.uploadpurging.age,
+            Duration::from_secs(168 * 3600)
+        );
     }
 
     #[test]
     fn env_overrides_like_distribution() {
         let env = vec![
-            ("REGISTRY_HTTP_ADDR".to_string(), "127.0.0.1:6000".to_string()),
-            ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY".to_string(), "/srv/reg".to_string()),
-            ("WHARF_STORAGE_DELETE_ENABLED".to_string(), "false".to_string()),
-            ("REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE".to_string(), "2h".to_string()),
+            (
+                "REGISTRY_HTTP_ADDR".to_string(),
+                "127.0.0.1:6000".to_string(),
+            ),
+            (
+                "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY".to_string(),
+                "/srv/reg".to_string(),
+            ),
+            (
+                "WHARF_STORAGE_DELETE_ENABLED".to_string(),
+                "false".to_string(),
+            ),
+            (
+                "REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE".to_string(),
+                "2h".to_string(),
+            ),
             ("UNRELATED".to_string(), "x".to_string()),
         ];
         let c = Config::load(None, env).unwrap();
         assert_eq!(c.http.addr, "127.0.0.1:6000");
-        assert_eq!(c.storage.filesystem.unwrap().rootdirectory, PathBuf::from("/srv/reg"));
+        assert_eq!(
+            c.storage.filesystem.unwrap().rootdirectory,
+            PathBuf::from("/srv/reg")
+        );
         assert_eq!(c.database.url, "sqlite:///srv/reg/wharf.db");
         assert!(!c.storage.delete.enabled);
-        assert_eq!(c.storage.maintenance.uploadpurging.age, Duration::from_secs(7200));
+        assert_eq!(
+            c.storage.maintenance.uploadpurging.age,
+            Duration::from_secs(7200)
+        );
     }
 
     #[test]
@@ -334,7 +386,10 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        assert_eq!(redact_url("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact_url("sqlite://./x.db"), "sqlite://./x.db");
     }
 }

@@ -124,7 +124,8 @@ impl ResponseError for Error {
             resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
         }
         resp.content_type("application/json").body(
-            json!({"errors": [{"code": self.code(), "message": self.to_string(), "detail": null}]}).to_string(),
+            json!({"errors": [{"code": self.code(), "message": self.to_string(), "detail": null}]})
+                .to_string(),
         )
     }
 }

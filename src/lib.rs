@@ -41,7 +41,12 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
 }
 
 /// Builds the HTTP server on an already bound listener (tests bind port 0).
-pub fn http_server(registry: Arc<Registry>, listener: TcpListener, workers: usize, access_log: bool) -> anyhow::Result<Server> {
+pub fn http_server(
+    registry: Arc<Registry>,
+    listener: TcpListener,
+    workers: usize,
+    access_log: bool,
+) -> anyhow::Result<Server> {
     let data = web::Data::from(registry);
     let server = HttpServer::new(move || {
         App::new()
@@ -78,7 +83,9 @@ async fn access_log_mw(
 }
 
 fn num_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
 }
 
 /// Background maintenance inside `wharf serve`: purging abandoned uploads.
@@ -93,7 +100,9 @@ pub fn spawn_maintenance(registry: Arc<Registry>, config: &Config) {
             tick.tick().await;
             match registry.purge_uploads(purge.age, purge.dryrun).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(uploads = n, dry_run = purge.dryrun, "upload purge finished"),
+                Ok(n) => {
+                    tracing::info!(uploads = n, dry_run = purge.dryrun, "upload purge finished")
+                }
                 Err(e) => tracing::warn!(error = format!("{e:#}"), "upload purge failed"),
             }
         }

@@ -12,7 +12,11 @@ use tracing_subscriber::EnvFilter;
 use wharf::config::Config;
 
 #[derive(Parser)]
-#[command(name = "wharf", version, about = "An OCI registry whose garbage collection is a SQL query")]
+#[command(
+    name = "wharf",
+    version,
+    about = "An OCI registry whose garbage collection is a SQL query"
+)]
 struct Cli {
     /// YAML configuration file. Without one, defaults apply (listen on 0.0.0.0:5000, data
     /// under ./data); REGISTRY_* / WHARF_* environment variables override any key.
@@ -31,9 +35,15 @@ enum Command {
 }
 
 fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{},sqlx=warn,actix_server=warn,refinery_core=warn", config.log.level)));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{},sqlx=warn,actix_server=warn,refinery_core=warn",
+            config.log.level
+        ))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if config.log.formatter == "json" {
         builder.json().init();
     } else {

@@ -38,7 +38,10 @@ async fn base_endpoint(b: Backend) {
     for path in ["/v2/", "/v2"] {
         let r = s.client.get(path).await;
         assert_eq!(r.status(), 200);
-        assert_eq!(r.headers()["docker-distribution-api-version"], "registry/2.0");
+        assert_eq!(
+            r.headers()["docker-distribution-api-version"],
+            "registry/2.0"
+        );
     }
     assert_eq!(s.client.get("/healthz").await.status(), 200);
     assert_eq!(s.client.get("/readyz").await.status(), 200);
@@ -61,14 +64,29 @@ async fn monolithic_blob_and_ranges(b: Backend) {
     assert_eq!(c.blob_bytes("a/b", &d).await.unwrap(), data);
     assert!(s.blob_path(&d).exists(), "blob at Distribution's path");
 
-    let r = c.req(Method::GET, &format!("/v2/a/b/blobs/{d}")).header("Range", "bytes=100-199").send().await.unwrap();
+    let r = c
+        .req(Method::GET, &format!("/v2/a/b/blobs/{d}"))
+        .header("Range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.headers()["content-range"], "bytes 100-199/10000");
     assert_eq!(r.bytes().await.unwrap().as_ref(), &data[100..200]);
-    let r = c.req(Method::GET, &format!("/v2/a/b/blobs/{d}")).header("Range", "bytes=-10").send().await.unwrap();
+    let r = c
+        .req(Method::GET, &format!("/v2/a/b/blobs/{d}"))
+        .header("Range", "bytes=-10")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().await.unwrap().as_ref(), &data[9990..]);
-    let r = c.req(Method::GET, &format!("/v2/a/b/blobs/{d}")).header("Range", "bytes=10000-").send().await.unwrap();
+    let r = c
+        .req(Method::GET, &format!("/v2/a/b/blobs/{d}"))
+        .header("Range", "bytes=10000-")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(r.headers()["content-range"], "bytes */10000");
 
@@ -96,13 +114,17 @@ async fn chunked_upload_with_out_of_order_chunk(b: Backend) {
             .body(body)
             .send()
     };
-    let r = patch("0-99999".into(), data[..100_000].to_vec()).await.unwrap();
+    let r = patch("0-99999".into(), data[..100_000].to_vec())
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     assert_eq!(r.headers()["range"], "0-99999");
     assert!(r.headers().contains_key("docker-upload-uuid"));
 
     // Out of order: 416, offset unchanged.
-    let r = patch("150000-199999".into(), data[150_000..200_000].to_vec()).await.unwrap();
+    let r = patch("150000-199999".into(), data[150_000..200_000].to_vec())
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(r.headers()["range"], "0-99999");
     assert_eq!(error_code(r).await, "BLOB_UPLOAD_INVALID");
@@ -118,7 +140,9 @@ async fn chunked_upload_with_out_of_order_chunk(b: Backend) {
     assert_eq!(r.headers()["range"], "0-99999");
     assert_eq!(r.headers()["location"].to_str().unwrap(), loc);
 
-    let r = patch("100000-299999".into(), data[100_000..].to_vec()).await.unwrap();
+    let r = patch("100000-299999".into(), data[100_000..].to_vec())
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     assert_eq!(r.headers()["range"], "0-299999");
 
@@ -134,9 +158,16 @@ async fn chunked_upload_with_out_of_order_chunk(b: Backend) {
     assert_eq!(r.status(), 416);
     assert_eq!(r.headers()["range"], "0-299999");
 
-    let r = c.req(Method::PUT, &with_query(&loc, &format!("digest={d}"))).send().await.unwrap();
+    let r = c
+        .req(Method::PUT, &with_query(&loc, &format!("digest={d}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
-    assert_eq!(r.headers()["location"].to_str().unwrap(), format!("/v2/chunks/blobs/{d}"));
+    assert_eq!(
+        r.headers()["location"].to_str().unwrap(),
+        format!("/v2/chunks/blobs/{d}")
+    );
     assert_eq!(r.headers()["docker-content-digest"].to_str().unwrap(), d);
     assert_eq!(c.blob_bytes("chunks", &d).await.unwrap(), data);
     assert_eq!(s.upload_dirs(), 0);
@@ -158,10 +189,23 @@ async fn streamed_patch_and_final_chunk_in_put(b: Backend) {
     let loc = c.start_upload("stream").await;
     // Docker's streaming mode: PATCH without Content-Range, body sent as a stream.
     let first = data[..2 << 20].to_vec();
-    let stream = futures_util::stream::iter(first.chunks(65536).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>());
-    let r = c.req(Method::PATCH, &loc).body(reqwest::Body::wrap_stream(stream)).send().await.unwrap();
+    let stream = futures_util::stream::iter(
+        first
+            .chunks(65536)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
+    );
+    let r = c
+        .req(Method::PATCH, &loc)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
-    assert_eq!(r.headers()["range"].to_str().unwrap(), format!("0-{}", (2 << 20) - 1));
+    assert_eq!(
+        r.headers()["range"].to_str().unwrap(),
+        format!("0-{}", (2 << 20) - 1)
+    );
     let loc = r.headers()["location"].to_str().unwrap().to_string();
     // The last chunk travels with the PUT.
     let d = sha256(&data);
@@ -183,7 +227,10 @@ async fn digest_mismatch_leaves_nothing(b: Backend) {
     let data = images::noise(4, 5000);
     let wrong = sha256(b"something else");
     let r = c
-        .req(Method::POST, &format!("/v2/x/blobs/uploads/?digest={wrong}"))
+        .req(
+            Method::POST,
+            &format!("/v2/x/blobs/uploads/?digest={wrong}"),
+        )
         .body(data.clone())
         .send()
         .await
@@ -192,8 +239,16 @@ async fn digest_mismatch_leaves_nothing(b: Backend) {
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
 
     let loc = c.start_upload("x").await;
-    c.req(Method::PATCH, &loc).body(data.clone()).send().await.unwrap();
-    let r = c.req(Method::PUT, &with_query(&loc, &format!("digest={wrong}"))).send().await.unwrap();
+    c.req(Method::PATCH, &loc)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    let r = c
+        .req(Method::PUT, &with_query(&loc, &format!("digest={wrong}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
     assert_eq!(c.get(&loc).await.status(), 404, "the session is discarded");
@@ -204,7 +259,12 @@ async fn digest_mismatch_leaves_nothing(b: Backend) {
     }
     assert_eq!(s.upload_dirs(), 0, "no upload data left behind");
     // A garbage digest parameter.
-    let r = c.req(Method::POST, "/v2/x/blobs/uploads/?digest=sha256:nothex").body("x").send().await.unwrap();
+    let r = c
+        .req(Method::POST, "/v2/x/blobs/uploads/?digest=sha256:nothex")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
 }
@@ -216,15 +276,38 @@ async fn upload_sessions_are_bound_to_their_repository(b: Backend) {
     let loc = c.start_upload("owner").await;
     let id = loc.rsplit('/').next().unwrap();
     for method in [Method::GET, Method::PATCH, Method::PUT, Method::DELETE] {
-        let r = c.req(method.clone(), &format!("/v2/intruder/blobs/uploads/{id}?digest={}", sha256(b""))).send().await.unwrap();
+        let r = c
+            .req(
+                method.clone(),
+                &format!("/v2/intruder/blobs/uploads/{id}?digest={}", sha256(b"")),
+            )
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 404, "{method}");
         assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
     }
     // Unknown and malformed ids.
     let unknown = uuid::Uuid::new_v4();
-    assert_eq!(c.get(&format!("/v2/owner/blobs/uploads/{unknown}")).await.status(), 404);
-    assert_eq!(c.get("/v2/owner/blobs/uploads/..%2F..%2Fetc").await.status().as_u16() / 100, 4);
-    assert_eq!(c.get(&loc).await.status(), 204, "the owner's session is intact");
+    assert_eq!(
+        c.get(&format!("/v2/owner/blobs/uploads/{unknown}"))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        c.get("/v2/owner/blobs/uploads/..%2F..%2Fetc")
+            .await
+            .status()
+            .as_u16()
+            / 100,
+        4
+    );
+    assert_eq!(
+        c.get(&loc).await.status(),
+        204,
+        "the owner's session is intact"
+    );
 }
 
 async fn cancel_upload(b: Backend) {
@@ -232,7 +315,11 @@ async fn cancel_upload(b: Backend) {
     let s = env.start().await;
     let c = &s.client;
     let loc = c.start_upload("c").await;
-    c.req(Method::PATCH, &loc).body(vec![1u8; 1000]).send().await.unwrap();
+    c.req(Method::PATCH, &loc)
+        .body(vec![1u8; 1000])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(s.upload_dirs(), 1);
     let r = c.delete(&loc).await;
     assert_eq!(r.status(), 204);
@@ -248,22 +335,55 @@ async fn cross_repository_mount(b: Backend) {
     let data = images::noise(5, 2000);
     let d = c.push_blob("src", &data).await;
 
-    let r = c.req(Method::POST, &format!("/v2/dst/blobs/uploads/?mount={d}&from=src")).send().await.unwrap();
+    let r = c
+        .req(
+            Method::POST,
+            &format!("/v2/dst/blobs/uploads/?mount={d}&from=src"),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
-    assert_eq!(r.headers()["location"].to_str().unwrap(), format!("/v2/dst/blobs/{d}"));
+    assert_eq!(
+        r.headers()["location"].to_str().unwrap(),
+        format!("/v2/dst/blobs/{d}")
+    );
     assert_eq!(r.headers()["docker-content-digest"].to_str().unwrap(), d);
     assert_eq!(c.blob_bytes("dst", &d).await.unwrap(), data);
 
     // Without `from`, a blob the registry already stores is mounted too.
-    let r = c.req(Method::POST, &format!("/v2/third/blobs/uploads/?mount={d}")).send().await.unwrap();
+    let r = c
+        .req(Method::POST, &format!("/v2/third/blobs/uploads/?mount={d}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
 
     // A blob the source repository does not have: a regular upload session instead.
     let unknown = sha256(b"never pushed");
-    let r = c.req(Method::POST, &format!("/v2/dst2/blobs/uploads/?mount={unknown}&from=src")).send().await.unwrap();
+    let r = c
+        .req(
+            Method::POST,
+            &format!("/v2/dst2/blobs/uploads/?mount={unknown}&from=src"),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
-    assert!(r.headers()["location"].to_str().unwrap().starts_with("/v2/dst2/blobs/uploads/"));
-    let r = c.req(Method::POST, &format!("/v2/dst3/blobs/uploads/?mount={d}&from=nothere")).send().await.unwrap();
+    assert!(
+        r.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/v2/dst2/blobs/uploads/")
+    );
+    let r = c
+        .req(
+            Method::POST,
+            &format!("/v2/dst3/blobs/uploads/?mount={d}&from=nothere"),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     assert_eq!(c.head(&format!("/v2/dst3/blobs/{d}")).await.status(), 404);
 }
@@ -280,26 +400,55 @@ async fn manifests_by_tag_and_digest(b: Backend) {
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["content-type"], OCI_MANIFEST);
         assert_eq!(r.headers()["docker-content-digest"].to_str().unwrap(), d);
-        assert_eq!(r.bytes().await.unwrap().as_ref(), img.manifest.as_slice(), "byte for byte");
+        assert_eq!(
+            r.bytes().await.unwrap().as_ref(),
+            img.manifest.as_slice(),
+            "byte for byte"
+        );
         let r = c.head(&format!("/v2/team/app/manifests/{reference}")).await;
         assert_eq!(r.status(), 200);
-        assert_eq!(r.headers()["content-length"].to_str().unwrap(), img.manifest.len().to_string());
+        assert_eq!(
+            r.headers()["content-length"].to_str().unwrap(),
+            img.manifest.len().to_string()
+        );
     }
     // Whitespace and key order are the client's: a re-serialised body has another digest.
-    let mut pretty = serde_json::to_vec_pretty(&serde_json::from_slice::<Value>(&img.manifest).unwrap()).unwrap();
+    let mut pretty =
+        serde_json::to_vec_pretty(&serde_json::from_slice::<Value>(&img.manifest).unwrap())
+            .unwrap();
     pretty.push(b'\n');
-    let d2 = c.push_manifest("team/app", "pretty", OCI_MANIFEST, &pretty).await;
+    let d2 = c
+        .push_manifest("team/app", "pretty", OCI_MANIFEST, &pretty)
+        .await;
     assert_ne!(d, d2);
-    assert_eq!(c.get("/v2/team/app/manifests/pretty").await.bytes().await.unwrap().as_ref(), pretty.as_slice());
+    assert_eq!(
+        c.get("/v2/team/app/manifests/pretty")
+            .await
+            .bytes()
+            .await
+            .unwrap()
+            .as_ref(),
+        pretty.as_slice()
+    );
 
     // PUT by digest.
-    let r = c.put_manifest("team/app", &d, OCI_MANIFEST, &img.manifest).await;
+    let r = c
+        .put_manifest("team/app", &d, OCI_MANIFEST, &img.manifest)
+        .await;
     assert_eq!(r.status(), 201);
-    assert_eq!(r.headers()["location"].to_str().unwrap(), format!("/v2/team/app/manifests/{d}"));
+    assert_eq!(
+        r.headers()["location"].to_str().unwrap(),
+        format!("/v2/team/app/manifests/{d}")
+    );
     // Retagging moves the tag.
     let img2 = images::single(OCI_MANIFEST, "linux/amd64", &[12], 1000);
     let d3 = c.push_image("team/app", "v1", &img2).await;
-    assert_eq!(c.get("/v2/team/app/manifests/v1").await.headers()["docker-content-digest"].to_str().unwrap(), d3);
+    assert_eq!(
+        c.get("/v2/team/app/manifests/v1").await.headers()["docker-content-digest"]
+            .to_str()
+            .unwrap(),
+        d3
+    );
 
     let r = c.get("/v2/team/app/manifests/nope").await;
     assert_eq!(r.status(), 404);
@@ -319,7 +468,8 @@ async fn manifests_by_tag_and_digest(b: Backend) {
         "layers": [{"mediaType": "application/vnd.cncf.helm.chart.content.v1.tar+gzip", "digest": sha256(&chart), "size": chart.len()}]
     }))
     .unwrap();
-    c.push_manifest("charts/mychart", "1.0.0", OCI_MANIFEST, &helm).await;
+    c.push_manifest("charts/mychart", "1.0.0", OCI_MANIFEST, &helm)
+        .await;
     c.pull_and_verify("charts/mychart", "1.0.0").await;
 }
 
@@ -327,17 +477,33 @@ async fn docker_schema2_and_manifest_list(b: Backend) {
     let env = TestEnv::new(b).await;
     let s = env.start().await;
     let c = &s.client;
-    let list = images::multiarch(DOCKER_LIST, 7, &["linux/amd64", "linux/arm64"], 2, 2000, &[]);
+    let list = images::multiarch(
+        DOCKER_LIST,
+        7,
+        &["linux/amd64", "linux/arm64"],
+        2,
+        2000,
+        &[],
+    );
     let d = c.push_image("docker/img", "latest", &list).await;
     let r = c.get("/v2/docker/img/manifests/latest").await;
     assert_eq!(r.headers()["content-type"], DOCKER_LIST);
     assert_eq!(r.headers()["docker-content-digest"].to_str().unwrap(), d);
     let child = &list.children[0].1;
-    let r = c.get(&format!("/v2/docker/img/manifests/{}", sha256(child))).await;
+    let r = c
+        .get(&format!("/v2/docker/img/manifests/{}", sha256(child)))
+        .await;
     assert_eq!(r.headers()["content-type"], DOCKER_MANIFEST);
     c.pull_and_verify("docker/img", "latest").await;
 
-    let index = images::multiarch(OCI_INDEX, 8, &["linux/amd64", "linux/arm64", "linux/s390x"], 1, 1000, &[]);
+    let index = images::multiarch(
+        OCI_INDEX,
+        8,
+        &["linux/amd64", "linux/arm64", "linux/s390x"],
+        1,
+        1000,
+        &[],
+    );
     c.push_image("oci/img", "latest", &index).await;
     c.pull_and_verify("oci/img", "latest").await;
 }
@@ -387,7 +553,9 @@ async fn manifest_validation_errors(b: Backend) {
         }
     }
     // Digest in the URL must match the body.
-    let r = c.put_manifest("v", &sha256(b"other"), OCI_MANIFEST, &img.manifest).await;
+    let r = c
+        .put_manifest("v", &sha256(b"other"), OCI_MANIFEST, &img.manifest)
+        .await;
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
     // 4 MiB is accepted; more is 413.
@@ -397,14 +565,21 @@ async fn manifest_validation_errors(b: Backend) {
     big["annotations"]["pad"] = Value::String("x".repeat(4 * 1024 * 1024 - base_len));
     let exactly = serde_json::to_vec(&big).unwrap();
     assert_eq!(exactly.len(), 4 * 1024 * 1024);
-    assert_eq!(c.put_manifest("v", "big", OCI_MANIFEST, &exactly).await.status(), 201);
+    assert_eq!(
+        c.put_manifest("v", "big", OCI_MANIFEST, &exactly)
+            .await
+            .status(),
+        201
+    );
     let mut over = exactly.clone();
     over.push(b' ');
     let r = c.put_manifest("v", "bigger", OCI_MANIFEST, &over).await;
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(error_code(r).await, "SIZE_INVALID");
     // Bad tag.
-    let r = c.put_manifest("v", "-bad", OCI_MANIFEST, &img.manifest).await;
+    let r = c
+        .put_manifest("v", "-bad", OCI_MANIFEST, &img.manifest)
+        .await;
     assert_eq!(r.status(), 400);
     // Nothing above changed what `t` is: it was never stored.
     assert_eq!(c.get("/v2/v/manifests/t").await.status(), 404);
@@ -419,7 +594,9 @@ async fn index_children_must_exist(b: Backend) {
     for blob in &index.blobs {
         c.push_blob("idx", blob).await;
     }
-    let r = c.put_manifest("idx", "v1", OCI_INDEX, &index.manifest).await;
+    let r = c
+        .put_manifest("idx", "v1", OCI_INDEX, &index.manifest)
+        .await;
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(r).await, "MANIFEST_BLOB_UNKNOWN");
     // Children in another repository do not count.
@@ -429,7 +606,9 @@ async fn index_children_must_exist(b: Backend) {
         }
         c.push_manifest("other", &sha256(child), mt, child).await;
     }
-    let r = c.put_manifest("idx", "v1", OCI_INDEX, &index.manifest).await;
+    let r = c
+        .put_manifest("idx", "v1", OCI_INDEX, &index.manifest)
+        .await;
     assert_eq!(r.status(), 400);
     c.push_image("idx", "v1", &index).await;
     c.pull_and_verify("idx", "v1").await;
@@ -441,7 +620,8 @@ async fn tag_and_manifest_deletion(b: Backend) {
     let c = &s.client;
     let img = images::single(OCI_MANIFEST, "linux/amd64", &[40], 500);
     let d = c.push_image("del", "a", &img).await;
-    c.push_manifest("del", "b", OCI_MANIFEST, &img.manifest).await;
+    c.push_manifest("del", "b", OCI_MANIFEST, &img.manifest)
+        .await;
 
     // Deleting by tag removes the tag only.
     assert_eq!(c.delete("/v2/del/manifests/a").await.status(), 202);
@@ -451,7 +631,10 @@ async fn tag_and_manifest_deletion(b: Backend) {
     assert_eq!(c.delete("/v2/del/manifests/a").await.status(), 404);
 
     // Deleting by digest removes the manifest and every tag on it.
-    assert_eq!(c.delete(&format!("/v2/del/manifests/{d}")).await.status(), 202);
+    assert_eq!(
+        c.delete(&format!("/v2/del/manifests/{d}")).await.status(),
+        202
+    );
     assert_eq!(c.get(&format!("/v2/del/manifests/{d}")).await.status(), 404);
     assert_eq!(c.get("/v2/del/manifests/b").await.status(), 404);
     let tags: Value = c.get("/v2/del/tags/list").await.json().await.unwrap();
@@ -468,8 +651,16 @@ async fn tag_and_manifest_deletion(b: Backend) {
     assert_eq!(r.status(), StatusCode::CONFLICT);
     assert_eq!(error_code(r).await, "DENIED");
     c.pull_and_verify("del", "multi").await;
-    assert_eq!(c.delete(&format!("/v2/del/manifests/{id}")).await.status(), 202);
-    assert_eq!(c.delete(&format!("/v2/del/manifests/{child}")).await.status(), 202);
+    assert_eq!(
+        c.delete(&format!("/v2/del/manifests/{id}")).await.status(),
+        202
+    );
+    assert_eq!(
+        c.delete(&format!("/v2/del/manifests/{child}"))
+            .await
+            .status(),
+        202
+    );
 }
 
 async fn tags_list_pagination(b: Backend) {
@@ -479,8 +670,11 @@ async fn tags_list_pagination(b: Backend) {
     let img = images::single(OCI_MANIFEST, "linux/amd64", &[50], 100);
     c.push_image("tagged", "seed", &img).await;
     let mut names = vec!["seed".to_string()];
-    for t in ["b", "a", "C", "_z", "v1.0", "v1.10", "v1.2", "latest", "Z-9"] {
-        c.push_manifest("tagged", t, OCI_MANIFEST, &img.manifest).await;
+    for t in [
+        "b", "a", "C", "_z", "v1.0", "v1.10", "v1.2", "latest", "Z-9",
+    ] {
+        c.push_manifest("tagged", t, OCI_MANIFEST, &img.manifest)
+            .await;
         names.push(t.to_string());
     }
     names.sort(); // byte order
@@ -493,20 +687,44 @@ async fn tags_list_pagination(b: Backend) {
     loop {
         let r = c.get(&url).await;
         assert_eq!(r.status(), 200);
-        let link = r.headers().get("link").map(|l| l.to_str().unwrap().to_string());
+        let link = r
+            .headers()
+            .get("link")
+            .map(|l| l.to_str().unwrap().to_string());
         let page: Value = r.json().await.unwrap();
         let page: Vec<String> = serde_json::from_value(page["tags"].clone()).unwrap();
         assert!(page.len() <= 3);
         seen.extend(page);
         match link {
-            Some(l) => url = l.trim_start_matches('<').split('>').next().unwrap().to_string(),
+            Some(l) => {
+                url = l
+                    .trim_start_matches('<')
+                    .split('>')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            }
             None => break,
         }
     }
     assert_eq!(seen, names);
     // `last` is exclusive.
-    let r: Value = c.get("/v2/tagged/tags/list?last=b&n=2").await.json().await.unwrap();
-    assert_eq!(r["tags"], json!(names.iter().filter(|t| t.as_str() > "b").take(2).collect::<Vec<_>>()));
+    let r: Value = c
+        .get("/v2/tagged/tags/list?last=b&n=2")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        r["tags"],
+        json!(
+            names
+                .iter()
+                .filter(|t| t.as_str() > "b")
+                .take(2)
+                .collect::<Vec<_>>()
+        )
+    );
     // n=0: empty, no Link.
     let r = c.get("/v2/tagged/tags/list?n=0").await;
     assert!(r.headers().get("link").is_none());
@@ -549,12 +767,19 @@ async fn referrers_api(b: Backend) {
     let c = &s.client;
     let img = images::single(OCI_MANIFEST, "linux/amd64", &[70], 300);
     // A referrer pushed before its subject is accepted and listed.
-    let sig = images::referrer("application/vnd.dev.cosign.signature", OCI_MANIFEST, &img.manifest, 1);
+    let sig = images::referrer(
+        "application/vnd.dev.cosign.signature",
+        OCI_MANIFEST,
+        &img.manifest,
+        1,
+    );
     let sbom = images::referrer("application/spdx+json", OCI_MANIFEST, &img.manifest, 2);
     for blob in &sig.blobs {
         c.push_blob("ref", blob).await;
     }
-    let r = c.put_manifest("ref", &sig.digest(), OCI_MANIFEST, &sig.manifest).await;
+    let r = c
+        .put_manifest("ref", &sig.digest(), OCI_MANIFEST, &sig.manifest)
+        .await;
     assert_eq!(r.status(), 201);
     assert_eq!(r.headers()["oci-subject"].to_str().unwrap(), img.digest());
     let subject = c.push_image("ref", "v1", &img).await;
@@ -568,20 +793,33 @@ async fn referrers_api(b: Backend) {
     assert_eq!(index["mediaType"], OCI_INDEX);
     let list = index["manifests"].as_array().unwrap();
     assert_eq!(list.len(), 2);
-    let entry = list.iter().find(|m| m["digest"] == sig.digest().as_str()).unwrap();
-    assert_eq!(entry["artifactType"], "application/vnd.dev.cosign.signature");
+    let entry = list
+        .iter()
+        .find(|m| m["digest"] == sig.digest().as_str())
+        .unwrap();
+    assert_eq!(
+        entry["artifactType"],
+        "application/vnd.dev.cosign.signature"
+    );
     assert_eq!(entry["size"], sig.manifest.len());
     assert_eq!(entry["mediaType"], OCI_MANIFEST);
     assert_eq!(entry["annotations"]["org.example.seed"], "1");
 
-    let r = c.get(&format!("/v2/ref/referrers/{subject}?artifactType=application/spdx%2Bjson")).await;
+    let r = c
+        .get(&format!(
+            "/v2/ref/referrers/{subject}?artifactType=application/spdx%2Bjson"
+        ))
+        .await;
     assert_eq!(r.headers()["oci-filters-applied"], "artifactType");
     let index: Value = r.json().await.unwrap();
     assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
     assert_eq!(index["manifests"][0]["digest"], sbom.digest().as_str());
 
     // Unknown subject or repository: an empty index, never 404.
-    for path in [format!("/v2/ref/referrers/{}", sha256(b"x")), format!("/v2/nobody/referrers/{subject}")] {
+    for path in [
+        format!("/v2/ref/referrers/{}", sha256(b"x")),
+        format!("/v2/nobody/referrers/{subject}"),
+    ] {
         let r = c.get(&path).await;
         assert_eq!(r.status(), 200);
         let index: Value = r.json().await.unwrap();
@@ -590,20 +828,29 @@ async fn referrers_api(b: Backend) {
     // artifactType falls back to the config media type.
     let plain = images::single(OCI_MANIFEST, "linux/amd64", &[71], 100);
     let mut m: Value = serde_json::from_slice(&plain.manifest).unwrap();
-    m["subject"] = json!({"mediaType": OCI_MANIFEST, "digest": subject, "size": img.manifest.len()});
+    m["subject"] =
+        json!({"mediaType": OCI_MANIFEST, "digest": subject, "size": img.manifest.len()});
     let body = serde_json::to_vec(&m).unwrap();
     for blob in &plain.blobs {
         c.push_blob("ref", blob).await;
     }
-    c.push_manifest("ref", &sha256(&body), OCI_MANIFEST, &body).await;
+    c.push_manifest("ref", &sha256(&body), OCI_MANIFEST, &body)
+        .await;
     let index: Value = c
-        .get(&format!("/v2/ref/referrers/{subject}?artifactType=application/vnd.oci.image.config.v1%2Bjson"))
+        .get(&format!(
+            "/v2/ref/referrers/{subject}?artifactType=application/vnd.oci.image.config.v1%2Bjson"
+        ))
         .await
         .json()
         .await
         .unwrap();
     assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
-    assert_eq!(c.get(&format!("/v2/ref/referrers/sha256:bad")).await.status(), 400);
+    assert_eq!(
+        c.get(&format!("/v2/ref/referrers/sha256:bad"))
+            .await
+            .status(),
+        400
+    );
 }
 
 async fn blob_delete(b: Backend) {
@@ -614,17 +861,33 @@ async fn blob_delete(b: Backend) {
     let d = c.push_image("bd", "v1", &img).await;
     let layer = sha256(&img.blobs[1]);
     let r = c.delete(&format!("/v2/bd/blobs/{layer}")).await;
-    assert_eq!(r.status(), StatusCode::CONFLICT, "a layer the repository's manifest uses stays");
+    assert_eq!(
+        r.status(),
+        StatusCode::CONFLICT,
+        "a layer the repository's manifest uses stays"
+    );
     c.pull_and_verify("bd", "v1").await;
-    assert_eq!(c.delete(&format!("/v2/bd/manifests/{d}")).await.status(), 202);
-    assert_eq!(c.delete(&format!("/v2/bd/blobs/{layer}")).await.status(), 202);
+    assert_eq!(
+        c.delete(&format!("/v2/bd/manifests/{d}")).await.status(),
+        202
+    );
+    assert_eq!(
+        c.delete(&format!("/v2/bd/blobs/{layer}")).await.status(),
+        202
+    );
     let r = c.get(&format!("/v2/bd/blobs/{layer}")).await;
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "BLOB_UNKNOWN");
-    assert_eq!(c.delete(&format!("/v2/bd/blobs/{layer}")).await.status(), 404);
+    assert_eq!(
+        c.delete(&format!("/v2/bd/blobs/{layer}")).await.status(),
+        404
+    );
     // Unlinking is per repository: another repository's copy is untouched.
     let other = c.push_blob("bd2", &images::noise(81, 100)).await;
-    assert_eq!(c.delete(&format!("/v2/bd/blobs/{other}")).await.status(), 404);
+    assert_eq!(
+        c.delete(&format!("/v2/bd/blobs/{other}")).await.status(),
+        404
+    );
     assert!(c.blob_bytes("bd2", &other).await.is_some());
 }
 
@@ -635,29 +898,109 @@ async fn bad_input_never_5xx(b: Backend) {
     let long = "a".repeat(300);
     let d = sha256(b"x");
     let cases: Vec<(Method, String, u16, &str)> = vec![
-        (Method::GET, format!("/v2/{long}/tags/list"), 400, "NAME_INVALID"),
-        (Method::GET, "/v2/UPPER/tags/list".into(), 400, "NAME_INVALID"),
-        (Method::GET, "/v2/a/.hidden/tags/list".into(), 400, "NAME_INVALID"),
-        (Method::GET, "/v2/a%2F..%2F..%2Fb/tags/list".into(), 400, "NAME_INVALID"),
-        (Method::PUT, "/v2/a/manifests/tag:with:colons".into(), 400, "DIGEST_INVALID"),
-        (Method::GET, format!("/v2/a/manifests/{}", "t".repeat(129)), 400, "MANIFEST_INVALID"),
-        (Method::GET, "/v2/a/blobs/sha256:xyz".into(), 400, "DIGEST_INVALID"),
-        (Method::GET, "/v2/a/blobs/md5:abc".into(), 400, "DIGEST_INVALID"),
-        (Method::GET, "/v2/a/blobs/notadigest".into(), 400, "DIGEST_INVALID"),
+        (
+            Method::GET,
+            format!("/v2/{long}/tags/list"),
+            400,
+            "NAME_INVALID",
+        ),
+        (
+            Method::GET,
+            "/v2/UPPER/tags/list".into(),
+            400,
+            "NAME_INVALID",
+        ),
+        (
+            Method::GET,
+            "/v2/a/.hidden/tags/list".into(),
+            400,
+            "NAME_INVALID",
+        ),
+        (
+            Method::GET,
+            "/v2/a%2F..%2F..%2Fb/tags/list".into(),
+            400,
+            "NAME_INVALID",
+        ),
+        (
+            Method::PUT,
+            "/v2/a/manifests/tag:with:colons".into(),
+            400,
+            "DIGEST_INVALID",
+        ),
+        (
+            Method::GET,
+            format!("/v2/a/manifests/{}", "t".repeat(129)),
+            400,
+            "MANIFEST_INVALID",
+        ),
+        (
+            Method::GET,
+            "/v2/a/blobs/sha256:xyz".into(),
+            400,
+            "DIGEST_INVALID",
+        ),
+        (
+            Method::GET,
+            "/v2/a/blobs/md5:abc".into(),
+            400,
+            "DIGEST_INVALID",
+        ),
+        (
+            Method::GET,
+            "/v2/a/blobs/notadigest".into(),
+            400,
+            "DIGEST_INVALID",
+        ),
         (Method::HEAD, format!("/v2/a/blobs/{d}"), 404, ""),
         (Method::POST, format!("/v2/a/blobs/{d}"), 405, ""),
         (Method::PATCH, "/v2/a/manifests/latest".into(), 405, ""),
-        (Method::PUT, format!("/v2/a/blobs/uploads/{}", uuid::Uuid::new_v4()), 404, "BLOB_UPLOAD_UNKNOWN"),
-        (Method::POST, "/v2/a/blobs/uploads/?mount=garbage".into(), 400, "DIGEST_INVALID"),
-        (Method::POST, "/v2/a/blobs/uploads/?mount=sha256:00&from=b".into(), 400, "DIGEST_INVALID"),
-        (Method::POST, format!("/v2/a/blobs/uploads/?mount={d}&from=BAD"), 400, "NAME_INVALID"),
+        (
+            Method::PUT,
+            format!("/v2/a/blobs/uploads/{}", uuid::Uuid::new_v4()),
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+        ),
+        (
+            Method::POST,
+            "/v2/a/blobs/uploads/?mount=garbage".into(),
+            400,
+            "DIGEST_INVALID",
+        ),
+        (
+            Method::POST,
+            "/v2/a/blobs/uploads/?mount=sha256:00&from=b".into(),
+            400,
+            "DIGEST_INVALID",
+        ),
+        (
+            Method::POST,
+            format!("/v2/a/blobs/uploads/?mount={d}&from=BAD"),
+            400,
+            "NAME_INVALID",
+        ),
         (Method::GET, "/v2/a/tags/list?n=abc".into(), 400, ""),
         (Method::GET, "/v2/_catalog?n=99999999999999".into(), 400, ""),
-        (Method::GET, "/v2/a/referrers/zzz".into(), 400, "DIGEST_INVALID"),
-        (Method::GET, "/v2/%ff%fe/tags/list".into(), 400, "NAME_INVALID"),
+        (
+            Method::GET,
+            "/v2/a/referrers/zzz".into(),
+            400,
+            "DIGEST_INVALID",
+        ),
+        (
+            Method::GET,
+            "/v2/%ff%fe/tags/list".into(),
+            400,
+            "NAME_INVALID",
+        ),
     ];
     for (method, path, status, code) in cases {
-        let r = c.req(method.clone(), &path).body("junk").send().await.unwrap();
+        let r = c
+            .req(method.clone(), &path)
+            .body("junk")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), status, "{method} {path}");
         if !code.is_empty() {
             assert_eq!(error_code(r).await, code, "{method} {path}");
@@ -668,7 +1011,11 @@ async fn bad_input_never_5xx(b: Backend) {
     let r = c.req(Method::PUT, &loc).send().await.unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
-    assert_eq!(c.get(&loc).await.status(), 204, "the upload survives a bad PUT");
+    assert_eq!(
+        c.get(&loc).await.status(),
+        204,
+        "the upload survives a bad PUT"
+    );
 }
 
 async fn upload_resumes_after_restart(b: Backend) {
@@ -702,7 +1049,12 @@ async fn upload_resumes_after_restart(b: Backend) {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let r = s.client.req(Method::PUT, &with_query(&loc, &format!("digest={d}"))).send().await.unwrap();
+    let r = s
+        .client
+        .req(Method::PUT, &with_query(&loc, &format!("digest={d}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     assert_eq!(s.client.blob_bytes("resume", &d).await.unwrap(), data);
 }
@@ -713,7 +1065,12 @@ async fn truncated_body_is_not_committed(b: Backend) {
     let s = env.start().await;
     let c = &s.client;
     let loc = c.start_upload("trunc").await;
-    c.req(Method::PATCH, &loc).header("Content-Range", "0-99").body(vec![7u8; 100]).send().await.unwrap();
+    c.req(Method::PATCH, &loc)
+        .header("Content-Range", "0-99")
+        .body(vec![7u8; 100])
+        .send()
+        .await
+        .unwrap();
 
     // Announce 10000 bytes, send 4000, hang up.
     let addr = s.url.trim_start_matches("http://").to_string();
@@ -735,25 +1092,45 @@ async fn truncated_body_is_not_committed(b: Backend) {
 
     let r = c.get(&loc).await;
     assert_eq!(r.status(), 204);
-    assert_eq!(r.headers()["range"], "0-99", "the partial body was not recorded");
+    assert_eq!(
+        r.headers()["range"],
+        "0-99",
+        "the partial body was not recorded"
+    );
     // The upload continues correctly from byte 100.
     let mut data = vec![7u8; 100];
     data.extend(vec![3u8; 500]);
-    let r = c.req(Method::PATCH, &loc).header("Content-Range", "100-599").body(vec![3u8; 500]).send().await.unwrap();
+    let r = c
+        .req(Method::PATCH, &loc)
+        .header("Content-Range", "100-599")
+        .body(vec![3u8; 500])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let d = sha256(&data);
-    let r = c.req(Method::PUT, &with_query(&loc, &format!("digest={d}"))).send().await.unwrap();
+    let r = c
+        .req(Method::PUT, &with_query(&loc, &format!("digest={d}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     assert_eq!(c.blob_bytes("trunc", &d).await.unwrap(), data);
 }
 
 async fn deletes_can_be_disabled(b: Backend) {
     let env = TestEnv::new(b).await;
-    let s = env.start_with(&[("REGISTRY_STORAGE_DELETE_ENABLED", "false")]).await;
+    let s = env
+        .start_with(&[("REGISTRY_STORAGE_DELETE_ENABLED", "false")])
+        .await;
     let c = &s.client;
     let img = images::single(OCI_MANIFEST, "linux/amd64", &[95], 100);
     let d = c.push_image("nodel", "v1", &img).await;
-    for path in [format!("/v2/nodel/manifests/{d}"), "/v2/nodel/manifests/v1".into(), format!("/v2/nodel/blobs/{}", sha256(&img.blobs[0]))] {
+    for path in [
+        format!("/v2/nodel/manifests/{d}"),
+        "/v2/nodel/manifests/v1".into(),
+        format!("/v2/nodel/blobs/{}", sha256(&img.blobs[0])),
+    ] {
         let r = c.delete(&path).await;
         assert_eq!(r.status(), 400, "{path}");
         assert_eq!(error_code(r).await, "UNSUPPORTED");
@@ -773,7 +1150,8 @@ async fn concurrent_pushes_of_one_blob(b: Backend) {
             if i % 2 == 0 {
                 c.push_blob(&format!("conc/r{}", i % 3), &data).await
             } else {
-                c.push_blob_chunked(&format!("conc/r{}", i % 3), &data, 30_000).await
+                c.push_blob_chunked(&format!("conc/r{}", i % 3), &data, 30_000)
+                    .await
             }
         }));
     }
@@ -782,7 +1160,13 @@ async fn concurrent_pushes_of_one_blob(b: Backend) {
     }
     let d = sha256(&data);
     for r in 0..3 {
-        assert_eq!(s.client.blob_bytes(&format!("conc/r{r}"), &d).await.unwrap(), data);
+        assert_eq!(
+            s.client
+                .blob_bytes(&format!("conc/r{r}"), &d)
+                .await
+                .unwrap(),
+            data
+        );
     }
     assert_eq!(std::fs::read(s.blob_path(&d)).unwrap(), data);
     assert_eq!(s.upload_dirs(), 0);

@@ -54,7 +54,9 @@ fn parse_range(value: Option<&str>, size: u64) -> RangeRequest {
     let (a, b) = (a.trim(), b.trim());
     let parsed = match (a.is_empty(), b.is_empty()) {
         (false, _) => {
-            let Ok(start) = a.parse::<u64>() else { return RangeRequest::Whole };
+            let Ok(start) = a.parse::<u64>() else {
+                return RangeRequest::Whole;
+            };
             let end = if b.is_empty() {
                 Some(size.saturating_sub(1))
             } else {
@@ -63,11 +65,21 @@ fn parse_range(value: Option<&str>, size: u64) -> RangeRequest {
                     _ => return RangeRequest::Whole,
                 }
             };
-            if start >= size { None } else { end.map(|e| (start, e)) }
+            if start >= size {
+                None
+            } else {
+                end.map(|e| (start, e))
+            }
         }
         (true, false) => {
-            let Ok(n) = b.parse::<u64>() else { return RangeRequest::Whole };
-            if n == 0 || size == 0 { None } else { Some((size - n.min(size), size - 1)) }
+            let Ok(n) = b.parse::<u64>() else {
+                return RangeRequest::Whole;
+            };
+            if n == 0 || size == 0 {
+                None
+            } else {
+                Some((size - n.min(size), size - 1))
+            }
         }
         (true, true) => return RangeRequest::Whole,
     };
@@ -77,7 +89,13 @@ fn parse_range(value: Option<&str>, size: u64) -> RangeRequest {
     }
 }
 
-pub async fn get(req: &HttpRequest, reg: &Registry, name: &RepoName, digest: &Digest, with_body: bool) -> Result<HttpResponse> {
+pub async fn get(
+    req: &HttpRequest,
+    reg: &Registry,
+    name: &RepoName,
+    digest: &Digest,
+    with_body: bool,
+) -> Result<HttpResponse> {
     let size = reg.blob_size(name, digest).await?;
     let mut resp = HttpResponse::Ok();
     resp.insert_header((DIGEST_HEADER, digest.as_str()))
@@ -86,7 +104,9 @@ pub async fn get(req: &HttpRequest, reg: &Registry, name: &RepoName, digest: &Di
         .insert_header((header::CACHE_CONTROL, "max-age=31536000"))
         .content_type("application/octet-stream");
     if !with_body {
-        return Ok(resp.no_chunking(size).streaming(futures_util::stream::empty::<Result<web::Bytes>>()));
+        return Ok(resp
+            .no_chunking(size)
+            .streaming(futures_util::stream::empty::<Result<web::Bytes>>()));
     }
     let (start, len, partial) = match parse_range(header_str(req, header::RANGE), size) {
         RangeRequest::Whole => (0, size, false),
@@ -121,7 +141,9 @@ pub async fn get(req: &HttpRequest, reg: &Registry, name: &RepoName, digest: &Di
 
 pub async fn delete(reg: &Registry, name: &RepoName, digest: &Digest) -> Result<HttpResponse> {
     reg.delete_blob(name, digest).await?;
-    Ok(HttpResponse::Accepted().insert_header((header::CONTENT_LENGTH, 0)).finish())
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::CONTENT_LENGTH, 0))
+        .finish())
 }
 
 fn digest_param(req: &HttpRequest, key: &str) -> Result<Option<Digest>> {
@@ -131,7 +153,12 @@ fn digest_param(req: &HttpRequest, key: &str) -> Result<Option<Digest>> {
     }
 }
 
-pub async fn start_upload(req: &HttpRequest, body: web::Payload, reg: &Registry, name: &RepoName) -> Result<HttpResponse> {
+pub async fn start_upload(
+    req: &HttpRequest,
+    body: web::Payload,
+    reg: &Registry,
+    name: &RepoName,
+) -> Result<HttpResponse> {
     let q = query(req)?;
     if let Some(mount) = q.get("mount") {
         let digest: Digest = mount.parse().map_err(super::routes::digest_error)?;
@@ -139,7 +166,11 @@ pub async fn start_upload(req: &HttpRequest, body: web::Payload, reg: &Registry,
             Some(f) => Some(f.parse::<RepoName>().map_err(Error::NameInvalid)?),
             None => None,
         };
-        if reg.mount_blob(name, &digest, from.as_ref()).await?.is_some() {
+        if reg
+            .mount_blob(name, &digest, from.as_ref())
+            .await?
+            .is_some()
+        {
             return Ok(created_blob(name, &digest));
         }
         // Not mountable: the spec says to answer with a regular upload session.
@@ -161,7 +192,11 @@ fn content_range(req: &HttpRequest) -> Result<Option<ContentRange>> {
     let Some(raw) = req.headers().get(header::CONTENT_RANGE) else {
         return Ok(None);
     };
-    let bad = || Error::BlobUploadInvalid("malformed Content-Range: expected <start>-<end>, e.g. 0-1023".into());
+    let bad = || {
+        Error::BlobUploadInvalid(
+            "malformed Content-Range: expected <start>-<end>, e.g. 0-1023".into(),
+        )
+    };
     let v = raw.to_str().map_err(|_| bad())?.trim();
     let v = v.strip_prefix("bytes").map(str::trim_start).unwrap_or(v);
     let v = v.strip_prefix('=').unwrap_or(v);
@@ -180,13 +215,23 @@ fn content_length(req: &HttpRequest) -> Option<u64> {
 }
 
 /// Refuses a chunk whose Content-Length disagrees with its Content-Range, before reading it.
-async fn check_chunk(req: &HttpRequest, reg: &Registry, name: &RepoName, id: &str) -> Result<Option<ContentRange>> {
+async fn check_chunk(
+    req: &HttpRequest,
+    reg: &Registry,
+    name: &RepoName,
+    id: &str,
+) -> Result<Option<ContentRange>> {
     let range = content_range(req)?;
     if let (Some(r), Some(len)) = (range, content_length(req)) {
         if r.len() != len {
             let upload = reg.upload_status(name, id).await?;
             return Err(Error::RangeInvalid {
-                message: format!("Content-Range {}-{} is {} bytes but Content-Length is {len}", r.start, r.end, r.len()),
+                message: format!(
+                    "Content-Range {}-{} is {} bytes but Content-Length is {len}",
+                    r.start,
+                    r.end,
+                    r.len()
+                ),
                 offset: upload.size,
             });
         }
@@ -194,17 +239,31 @@ async fn check_chunk(req: &HttpRequest, reg: &Registry, name: &RepoName, id: &st
     Ok(range)
 }
 
-pub async fn patch_upload(req: &HttpRequest, body: web::Payload, reg: &Registry, name: &RepoName, id: &str) -> Result<HttpResponse> {
+pub async fn patch_upload(
+    req: &HttpRequest,
+    body: web::Payload,
+    reg: &Registry,
+    name: &RepoName,
+    id: &str,
+) -> Result<HttpResponse> {
     let range = check_chunk(req, reg, name, id).await?;
     let upload = reg.append_upload(name, id, range, body).await?;
     Ok(upload_response(StatusCode::ACCEPTED, name, &upload))
 }
 
-pub async fn put_upload(req: &HttpRequest, body: web::Payload, reg: &Registry, name: &RepoName, id: &str) -> Result<HttpResponse> {
+pub async fn put_upload(
+    req: &HttpRequest,
+    body: web::Payload,
+    reg: &Registry,
+    name: &RepoName,
+    id: &str,
+) -> Result<HttpResponse> {
     let Some(digest) = digest_param(req, "digest")? else {
         // An unknown session is the bigger problem: say so first.
         reg.upload_status(name, id).await?;
-        return Err(Error::DigestInvalid("PUT to an upload needs ?digest=<digest of the whole blob>".into()));
+        return Err(Error::DigestInvalid(
+            "PUT to an upload needs ?digest=<digest of the whole blob>".into(),
+        ));
     };
     let range = check_chunk(req, reg, name, id).await?;
     reg.complete_upload(name, id, &digest, range, body).await?;
@@ -234,10 +293,22 @@ mod tests {
         assert_eq!(part("bytes=90-200", 100), Some((90, 99)));
         assert_eq!(part("bytes=-10", 100), Some((90, 99)));
         assert_eq!(part("bytes=-1000", 100), Some((0, 99)));
-        assert!(matches!(parse_range(Some("bytes=100-"), 100), RangeRequest::Unsatisfiable));
-        assert!(matches!(parse_range(Some("bytes=0-1,5-6"), 100), RangeRequest::Whole));
-        assert!(matches!(parse_range(Some("items=0-1"), 100), RangeRequest::Whole));
-        assert!(matches!(parse_range(Some("bytes=5-1"), 100), RangeRequest::Whole));
+        assert!(matches!(
+            parse_range(Some("bytes=100-"), 100),
+            RangeRequest::Unsatisfiable
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=0-1,5-6"), 100),
+            RangeRequest::Whole
+        ));
+        assert!(matches!(
+            parse_range(Some("items=0-1"), 100),
+            RangeRequest::Whole
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=5-1"), 100),
+            RangeRequest::Whole
+        ));
         assert!(matches!(parse_range(None, 100), RangeRequest::Whole));
     }
 }

@@ -11,7 +11,12 @@ use crate::error::{Error, Result};
 use crate::oci::{Digest, Reference, RepoName, manifest};
 use crate::registry::{MAX_MANIFEST_BYTES, Registry};
 
-pub async fn get(reg: &Registry, name: &RepoName, reference: &Reference, with_body: bool) -> Result<HttpResponse> {
+pub async fn get(
+    reg: &Registry,
+    name: &RepoName,
+    reference: &Reference,
+    with_body: bool,
+) -> Result<HttpResponse> {
     let m = reg.get_manifest(name, reference).await?;
     let mut resp = HttpResponse::Ok();
     resp.insert_header((header::CONTENT_TYPE, m.media_type.as_str()))
@@ -21,7 +26,9 @@ pub async fn get(reg: &Registry, name: &RepoName, reference: &Reference, with_bo
     if with_body {
         Ok(resp.body(m.payload))
     } else {
-        Ok(resp.no_chunking(len).streaming(futures_util::stream::empty::<Result<web::Bytes>>()))
+        Ok(resp
+            .no_chunking(len)
+            .streaming(futures_util::stream::empty::<Result<web::Bytes>>()))
     }
 }
 
@@ -38,7 +45,8 @@ async fn read_manifest_body(req: &HttpRequest, mut body: web::Payload) -> Result
     }
     let mut buf = BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| Error::ManifestInvalid(format!("request body failed: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| Error::ManifestInvalid(format!("request body failed: {e}")))?;
         if buf.len() + chunk.len() > MAX_MANIFEST_BYTES {
             return Err(too_large("more than that".into()));
         }
@@ -47,23 +55,41 @@ async fn read_manifest_body(req: &HttpRequest, mut body: web::Payload) -> Result
     Ok(buf.freeze())
 }
 
-pub async fn put(req: &HttpRequest, body: web::Payload, reg: &Registry, name: &RepoName, reference: &Reference) -> Result<HttpResponse> {
+pub async fn put(
+    req: &HttpRequest,
+    body: web::Payload,
+    reg: &Registry,
+    name: &RepoName,
+    reference: &Reference,
+) -> Result<HttpResponse> {
     let body = read_manifest_body(req, body).await?;
-    let content_type = header_str(req, header::CONTENT_TYPE).map(|ct| ct.split(';').next().unwrap_or_default().trim());
-    let stored = reg.put_manifest(name, reference, content_type, &body).await?;
+    let content_type = header_str(req, header::CONTENT_TYPE)
+        .map(|ct| ct.split(';').next().unwrap_or_default().trim());
+    let stored = reg
+        .put_manifest(name, reference, content_type, &body)
+        .await?;
     let mut resp = HttpResponse::Created();
-    resp.insert_header((header::LOCATION, format!("/v2/{name}/manifests/{}", stored.digest)))
-        .insert_header((DIGEST_HEADER, stored.digest.as_str()))
-        .insert_header((header::CONTENT_LENGTH, 0));
+    resp.insert_header((
+        header::LOCATION,
+        format!("/v2/{name}/manifests/{}", stored.digest),
+    ))
+    .insert_header((DIGEST_HEADER, stored.digest.as_str()))
+    .insert_header((header::CONTENT_LENGTH, 0));
     if let Some(subject) = &stored.subject {
         resp.insert_header(("OCI-Subject", subject.as_str()));
     }
     Ok(resp.finish())
 }
 
-pub async fn delete(reg: &Registry, name: &RepoName, reference: &Reference) -> Result<HttpResponse> {
+pub async fn delete(
+    reg: &Registry,
+    name: &RepoName,
+    reference: &Reference,
+) -> Result<HttpResponse> {
     reg.delete_manifest(name, reference).await?;
-    Ok(HttpResponse::Accepted().insert_header((header::CONTENT_LENGTH, 0)).finish())
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::CONTENT_LENGTH, 0))
+        .finish())
 }
 
 /// Runs a listing with one extra row to learn whether a next page exists; returns the page
@@ -103,26 +129,44 @@ fn json_with_link(body: serde_json::Value, link: Option<String>) -> HttpResponse
 }
 
 pub async fn tags(req: &HttpRequest, reg: &Registry, name: &RepoName) -> Result<HttpResponse> {
-    let (tags, link) = page(req, |last, n| async move { reg.tags(name, last.as_deref(), n).await }).await?;
+    let (tags, link) = page(req, |last, n| async move {
+        reg.tags(name, last.as_deref(), n).await
+    })
+    .await?;
     if tags.is_empty() {
         // Unknown repositories are NAME_UNKNOWN even when the page would be empty.
         reg.tags(name, None, Some(0)).await?;
     }
-    Ok(json_with_link(json!({"name": name.as_str(), "tags": tags}), link))
+    Ok(json_with_link(
+        json!({"name": name.as_str(), "tags": tags}),
+        link,
+    ))
 }
 
 pub async fn catalog(req: &HttpRequest, reg: &Registry) -> Result<HttpResponse> {
-    let (repos, link) = page(req, |last, n| async move { reg.catalog(last.as_deref(), n).await }).await?;
+    let (repos, link) = page(req, |last, n| async move {
+        reg.catalog(last.as_deref(), n).await
+    })
+    .await?;
     Ok(json_with_link(json!({"repositories": repos}), link))
 }
 
-pub async fn referrers(req: &HttpRequest, reg: &Registry, name: &RepoName, subject: &Digest) -> Result<HttpResponse> {
+pub async fn referrers(
+    req: &HttpRequest,
+    reg: &Registry,
+    name: &RepoName,
+    subject: &Digest,
+) -> Result<HttpResponse> {
     let q = query(req)?;
     let artifact_type = q.get("artifactType").filter(|a| !a.is_empty());
-    let index = reg.referrers(name, subject, artifact_type.map(String::as_str)).await?;
+    let index = reg
+        .referrers(name, subject, artifact_type.map(String::as_str))
+        .await?;
     let mut resp = HttpResponse::Ok();
     if artifact_type.is_some() {
         resp.insert_header(("OCI-Filters-Applied", "artifactType"));
     }
-    Ok(resp.content_type(manifest::OCI_INDEX).body(index.to_string()))
+    Ok(resp
+        .content_type(manifest::OCI_INDEX)
+        .body(index.to_string()))
 }

@@ -47,7 +47,9 @@ async fn readyz(registry: web::Data<Registry>) -> HttpResponse {
     let db = registry.meta.ping().await;
     let storage = registry.storage.check().await;
     match (db, storage) {
-        (Ok(()), Ok(())) => HttpResponse::Ok().content_type("text/plain").body("ready\n"),
+        (Ok(()), Ok(())) => HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("ready\n"),
         (db, storage) => {
             let mut msg = String::from("not ready\n");
             if let Err(e) = db {
@@ -58,7 +60,9 @@ async fn readyz(registry: web::Data<Registry>) -> HttpResponse {
                 tracing::warn!(error = %e, "readiness: storage check failed");
                 msg.push_str("storage: unavailable\n");
             }
-            HttpResponse::ServiceUnavailable().content_type("text/plain").body(msg)
+            HttpResponse::ServiceUnavailable()
+                .content_type("text/plain")
+                .body(msg)
         }
     }
 }
@@ -69,16 +73,20 @@ pub(crate) fn query(req: &HttpRequest) -> Result<HashMap<String, String>> {
         .map_err(|e| Error::Unsupported(format!("malformed query string: {e}")))
 }
 
-async fn dispatch(req: HttpRequest, body: web::Payload, registry: web::Data<Registry>) -> Result<HttpResponse> {
+async fn dispatch(
+    req: HttpRequest,
+    body: web::Payload,
+    registry: web::Data<Registry>,
+) -> Result<HttpResponse> {
     let tail = req.path().strip_prefix("/v2").unwrap_or_default();
     let tail = tail.strip_prefix('/').unwrap_or(tail);
     let route = routes::parse(tail)?;
     let reg = registry.get_ref();
     let m = req.method();
     match route {
-        Route::Base if m == Method::GET || m == Method::HEAD => {
-            Ok(HttpResponse::Ok().content_type("application/json").body("{}"))
-        }
+        Route::Base if m == Method::GET || m == Method::HEAD => Ok(HttpResponse::Ok()
+            .content_type("application/json")
+            .body("{}")),
         Route::Catalog if m == Method::GET => manifests::catalog(&req, reg).await,
         Route::Tags(name) if m == Method::GET => manifests::tags(&req, reg, &name).await,
         Route::Manifest(name, reference) => match *m {
@@ -88,14 +96,18 @@ async fn dispatch(req: HttpRequest, body: web::Payload, registry: web::Data<Regi
             Method::DELETE => manifests::delete(reg, &name, &reference).await,
             _ => Err(Error::MethodNotAllowed),
         },
-        Route::Referrers(name, digest) if m == Method::GET => manifests::referrers(&req, reg, &name, &digest).await,
+        Route::Referrers(name, digest) if m == Method::GET => {
+            manifests::referrers(&req, reg, &name, &digest).await
+        }
         Route::Blob(name, digest) => match *m {
             Method::GET => blobs::get(&req, reg, &name, &digest, true).await,
             Method::HEAD => blobs::get(&req, reg, &name, &digest, false).await,
             Method::DELETE => blobs::delete(reg, &name, &digest).await,
             _ => Err(Error::MethodNotAllowed),
         },
-        Route::UploadStart(name) if m == Method::POST => blobs::start_upload(&req, body, reg, &name).await,
+        Route::UploadStart(name) if m == Method::POST => {
+            blobs::start_upload(&req, body, reg, &name).await
+        }
         Route::Upload(name, id) => match *m {
             Method::GET => blobs::upload_status(reg, &name, &id).await,
             Method::PATCH => blobs::patch_upload(&req, body, reg, &name, &id).await,
@@ -108,7 +120,10 @@ async fn dispatch(req: HttpRequest, body: web::Payload, registry: web::Data<Regi
 }
 
 /// A request header as text, if present and valid.
-pub(crate) fn header_str<'a>(req: &'a HttpRequest, name: impl header::AsHeaderName) -> Option<&'a str> {
+pub(crate) fn header_str<'a>(
+    req: &'a HttpRequest,
+    name: impl header::AsHeaderName,
+) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -119,7 +134,9 @@ pub(crate) fn pagination(req: &HttpRequest) -> Result<(Option<u32>, Option<Strin
         None => None,
         Some(s) if s.is_empty() => None,
         Some(s) => Some(s.parse::<u32>().map_err(|_| {
-            Error::Unsupported(format!("invalid pagination parameter n={s:?}: expected a non-negative integer"))
+            Error::Unsupported(format!(
+                "invalid pagination parameter n={s:?}: expected a non-negative integer"
+            ))
         })?),
     };
     Ok((n, q.get("last").filter(|l| !l.is_empty()).cloned()))

@@ -61,7 +61,9 @@ pub fn reference(s: &str) -> Result<Reference, Error> {
         digest(s).map(Reference::Digest)
     } else {
         // A reference that is neither tag nor digest is a malformed manifest reference.
-        s.parse().map(Reference::Tag).map_err(Error::ManifestInvalid)
+        s.parse()
+            .map(Reference::Tag)
+            .map_err(Error::ManifestInvalid)
     }
 }
 
@@ -69,7 +71,10 @@ pub fn reference(s: &str) -> Result<Reference, Error> {
 fn upload_id(s: &str) -> Result<String, Error> {
     match uuid::Uuid::parse_str(s) {
         Ok(u) if u.hyphenated().to_string() == s => Ok(s.to_owned()),
-        _ => Err(Error::BlobUploadUnknown(format!("{:?}", s.chars().take(80).collect::<String>()))),
+        _ => Err(Error::BlobUploadUnknown(format!(
+            "{:?}",
+            s.chars().take(80).collect::<String>()
+        ))),
     }
 }
 
@@ -88,7 +93,10 @@ pub fn parse(tail: &str) -> Result<Route, Error> {
     if let Some(n) = path.strip_suffix("/tags/list") {
         return Ok(Route::Tags(name(n)?));
     }
-    if let Some(n) = path.strip_suffix("/blobs/uploads/").or_else(|| path.strip_suffix("/blobs/uploads")) {
+    if let Some(n) = path
+        .strip_suffix("/blobs/uploads/")
+        .or_else(|| path.strip_suffix("/blobs/uploads"))
+    {
         return Ok(Route::UploadStart(name(n)?));
     }
     if let Some((head, last)) = path.rsplit_once('/') {
@@ -105,7 +113,10 @@ pub fn parse(tail: &str) -> Result<Route, Error> {
             return Ok(Route::Referrers(name(n)?, digest(last)?));
         }
     }
-    Err(Error::NoRoute(format!("/v2/{}", path.chars().take(300).collect::<String>())))
+    Err(Error::NoRoute(format!(
+        "/v2/{}",
+        path.chars().take(300).collect::<String>()
+    )))
 }
 
 #[cfg(test)]
@@ -126,17 +137,35 @@ mod tests {
         assert_eq!(parse("a/b/tags/list").unwrap(), Route::Tags(n("a/b")));
         assert_eq!(
             parse("library/ubuntu/manifests/latest").unwrap(),
-            Route::Manifest(n("library/ubuntu"), Reference::Tag("latest".parse().unwrap()))
+            Route::Manifest(
+                n("library/ubuntu"),
+                Reference::Tag("latest".parse().unwrap())
+            )
         );
         assert_eq!(
             parse(&format!("x/manifests/{D}")).unwrap(),
             Route::Manifest(n("x"), Reference::Digest(D.parse().unwrap()))
         );
-        assert_eq!(parse(&format!("a/blobs/b/blobs/{D}")).unwrap(), Route::Blob(n("a/blobs/b"), D.parse().unwrap()));
-        assert_eq!(parse("a/blobs/uploads/").unwrap(), Route::UploadStart(n("a")));
-        assert_eq!(parse("a/blobs/uploads").unwrap(), Route::UploadStart(n("a")));
-        assert_eq!(parse(&format!("a/b/blobs/uploads/{U}")).unwrap(), Route::Upload(n("a/b"), U.into()));
-        assert_eq!(parse(&format!("a/referrers/{D}")).unwrap(), Route::Referrers(n("a"), D.parse().unwrap()));
+        assert_eq!(
+            parse(&format!("a/blobs/b/blobs/{D}")).unwrap(),
+            Route::Blob(n("a/blobs/b"), D.parse().unwrap())
+        );
+        assert_eq!(
+            parse("a/blobs/uploads/").unwrap(),
+            Route::UploadStart(n("a"))
+        );
+        assert_eq!(
+            parse("a/blobs/uploads").unwrap(),
+            Route::UploadStart(n("a"))
+        );
+        assert_eq!(
+            parse(&format!("a/b/blobs/uploads/{U}")).unwrap(),
+            Route::Upload(n("a/b"), U.into())
+        );
+        assert_eq!(
+            parse(&format!("a/referrers/{D}")).unwrap(),
+            Route::Referrers(n("a"), D.parse().unwrap())
+        );
         // A repository may itself be called "tags" or "manifests".
         assert_eq!(parse("tags/tags/list").unwrap(), Route::Tags(n("tags")));
         assert_eq!(
@@ -147,15 +176,42 @@ mod tests {
 
     #[test]
     fn bad_paths() {
-        assert!(matches!(parse("UPPER/tags/list"), Err(Error::NameInvalid(_))));
-        assert!(matches!(parse("../etc/tags/list"), Err(Error::NameInvalid(_))));
-        assert!(matches!(parse("a%2F..%2Fb/tags/list"), Err(Error::NameInvalid(_))));
-        assert!(matches!(parse("a/blobs/sha256:abc"), Err(Error::DigestInvalid(_))));
-        assert!(matches!(parse("a/manifests/bad:tag"), Err(Error::DigestInvalid(_))));
-        assert!(matches!(parse("a/manifests/-bad"), Err(Error::ManifestInvalid(_))));
-        assert!(matches!(parse("a/blobs/uploads/../../x"), Err(Error::NameInvalid(_) | Error::BlobUploadUnknown(_) | Error::NoRoute(_))));
-        assert!(matches!(parse("a/blobs/uploads/not-a-uuid"), Err(Error::BlobUploadUnknown(_))));
+        assert!(matches!(
+            parse("UPPER/tags/list"),
+            Err(Error::NameInvalid(_))
+        ));
+        assert!(matches!(
+            parse("../etc/tags/list"),
+            Err(Error::NameInvalid(_))
+        ));
+        assert!(matches!(
+            parse("a%2F..%2Fb/tags/list"),
+            Err(Error::NameInvalid(_))
+        ));
+        assert!(matches!(
+            parse("a/blobs/sha256:abc"),
+            Err(Error::DigestInvalid(_))
+        ));
+        assert!(matches!(
+            parse("a/manifests/bad:tag"),
+            Err(Error::DigestInvalid(_))
+        ));
+        assert!(matches!(
+            parse("a/manifests/-bad"),
+            Err(Error::ManifestInvalid(_))
+        ));
+        assert!(matches!(
+            parse("a/blobs/uploads/../../x"),
+            Err(Error::NameInvalid(_) | Error::BlobUploadUnknown(_) | Error::NoRoute(_))
+        ));
+        assert!(matches!(
+            parse("a/blobs/uploads/not-a-uuid"),
+            Err(Error::BlobUploadUnknown(_))
+        ));
         assert!(matches!(parse("a/unknown"), Err(Error::NoRoute(_))));
-        assert!(matches!(parse(&format!("{}/tags/list", "a".repeat(300))), Err(Error::NameInvalid(_))));
+        assert!(matches!(
+            parse(&format!("{}/tags/list", "a".repeat(300))),
+            Err(Error::NameInvalid(_))
+        ));
     }
 }

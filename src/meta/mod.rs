@@ -154,12 +154,16 @@ pub struct BlobCommit {
 
 fn digest_col(row: &AnyRow, col: &str) -> anyhow::Result<Digest> {
     let s: String = row.try_get(col)?;
-    s.parse().with_context(|| format!("corrupt digest {s:?} in the database"))
+    s.parse()
+        .with_context(|| format!("corrupt digest {s:?} in the database"))
 }
 
 /// `$start, $start+1, …` for `n` values.
 fn placeholders(start: usize, n: usize) -> String {
-    (start..start + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl MetaStore {
@@ -223,7 +227,11 @@ impl MetaStore {
     /// Size of `digest` if this repository may serve it: the blob is stored (active) and is
     /// linked to the repository (uploaded or mounted there) or referenced by one of its
     /// manifests.
-    pub async fn blob_in_repository(&self, repo: &RepoName, digest: &Digest) -> anyhow::Result<Option<u64>> {
+    pub async fn blob_in_repository(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> anyhow::Result<Option<u64>> {
         let row = sqlx::query(
             "SELECT b.size FROM blobs b, repositories r
              WHERE r.name = $1 AND b.digest = $2 AND b.status = 'active'
@@ -254,7 +262,11 @@ impl MetaStore {
         Ok(row.is_some())
     }
 
-    pub async fn manifest_by_digest(&self, repo: &RepoName, digest: &Digest) -> anyhow::Result<Option<ManifestRecord>> {
+    pub async fn manifest_by_digest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> anyhow::Result<Option<ManifestRecord>> {
         let row = sqlx::query(
             "SELECT m.digest, m.media_type, m.payload FROM manifests m JOIN repositories r ON r.id = m.repository_id
              WHERE r.name = $1 AND m.digest = $2",
@@ -266,7 +278,11 @@ impl MetaStore {
         row.map(|r| manifest_record(&r)).transpose()
     }
 
-    pub async fn manifest_by_tag(&self, repo: &RepoName, tag: &Tag) -> anyhow::Result<Option<ManifestRecord>> {
+    pub async fn manifest_by_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> anyhow::Result<Option<ManifestRecord>> {
         let row = sqlx::query(
             "SELECT m.digest, m.media_type, m.payload
              FROM repositories r JOIN tags t ON t.repository_id = r.id JOIN manifests m ON m.id = t.manifest_id
@@ -281,7 +297,12 @@ impl MetaStore {
 
     /// Tags after `last` in byte order, at most `limit` (None: all). None if the repository
     /// does not exist.
-    pub async fn tags(&self, repo: &RepoName, last: Option<&str>, limit: Option<u32>) -> anyhow::Result<Option<Vec<String>>> {
+    pub async fn tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        limit: Option<u32>,
+    ) -> anyhow::Result<Option<Vec<String>>> {
         let Some(repo_id) = self.repository_id(repo).await? else {
             return Ok(None);
         };
@@ -297,7 +318,11 @@ impl MetaStore {
     }
 
     /// Repositories holding at least one manifest, after `last` in byte order.
-    pub async fn catalog(&self, last: Option<&str>, limit: Option<u32>) -> anyhow::Result<Vec<String>> {
+    pub async fn catalog(
+        &self,
+        last: Option<&str>,
+        limit: Option<u32>,
+    ) -> anyhow::Result<Vec<String>> {
         let rows = sqlx::query(
             "SELECT r.name FROM repositories r
              WHERE r.name > $1 AND EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)
@@ -369,7 +394,13 @@ impl MetaStore {
 
     // ---- uploads -----------------------------------------------------------------------
 
-    pub async fn create_upload(&self, repo: &RepoName, id: &str, hash_state: &[u8], driver_state: &str) -> anyhow::Result<()> {
+    pub async fn create_upload(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        hash_state: &[u8],
+        driver_state: &str,
+    ) -> anyhow::Result<()> {
         let mut tx = self.begin_write().await?;
         let repo_id = tx.ensure_repository(repo).await?;
         let now = now_ms();
@@ -413,7 +444,10 @@ impl MetaStore {
     }
 
     pub async fn delete_upload(&self, id: &str) -> anyhow::Result<bool> {
-        let done = sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM uploads WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -442,7 +476,11 @@ impl MetaStore {
     /// Starts committing an uploaded blob. The blob row is created or locked; if
     /// [`BlobCommit::needs_object`] the caller must put the object in place before
     /// [`BlobCommit::finish`] (the row lock keeps GC from deleting it meanwhile).
-    pub async fn begin_blob_commit(&self, digest: &Digest, size: u64) -> anyhow::Result<BlobCommit> {
+    pub async fn begin_blob_commit(
+        &self,
+        digest: &Digest,
+        size: u64,
+    ) -> anyhow::Result<BlobCommit> {
         let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(
             "INSERT INTO blobs (digest, size, status, created_at) VALUES ($1, $2, 'active', $3)
@@ -458,15 +496,24 @@ impl MetaStore {
         let needs_object = if inserted {
             true
         } else {
-            let sql = format!("SELECT status FROM blobs WHERE digest = $1{}", tx.dialect.lock_update());
-            let status: String = sqlx::query(&sql).bind(digest.as_str()).fetch_one(&mut *tx.tx).await?.try_get(0)?;
+            let sql = format!(
+                "SELECT status FROM blobs WHERE digest = $1{}",
+                tx.dialect.lock_update()
+            );
+            let status: String = sqlx::query(&sql)
+                .bind(digest.as_str())
+                .fetch_one(&mut *tx.tx)
+                .await?
+                .try_get(0)?;
             if status != "active" {
                 // GC has committed to deleting this object; the upload brings it back.
-                sqlx::query("UPDATE blobs SET status = 'active', created_at = $2 WHERE digest = $1")
-                    .bind(digest.as_str())
-                    .bind(now_ms())
-                    .execute(&mut *tx.tx)
-                    .await?;
+                sqlx::query(
+                    "UPDATE blobs SET status = 'active', created_at = $2 WHERE digest = $1",
+                )
+                .bind(digest.as_str())
+                .bind(now_ms())
+                .execute(&mut *tx.tx)
+                .await?;
                 true
             } else {
                 false
@@ -483,7 +530,11 @@ impl MetaStore {
             "SELECT size FROM blobs WHERE digest = $1 AND status = 'active'{}",
             tx.dialect.lock_share()
         );
-        let Some(row) = sqlx::query(&sql).bind(digest.as_str()).fetch_optional(&mut *tx.tx).await? else {
+        let Some(row) = sqlx::query(&sql)
+            .bind(digest.as_str())
+            .fetch_optional(&mut *tx.tx)
+            .await?
+        else {
             return Ok(None);
         };
         let size = row.try_get::<i64, _>(0)? as u64;
@@ -494,7 +545,11 @@ impl MetaStore {
     }
 
     /// Removes a blob's link from a repository, unless a manifest there still references it.
-    pub async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> anyhow::Result<DeleteOutcome> {
+    pub async fn unlink_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> anyhow::Result<DeleteOutcome> {
         let mut tx = self.begin_write().await?;
         let Some(repo_id) = tx.repository_id(repo).await? else {
             return Ok(DeleteOutcome::NotFound);
@@ -510,11 +565,13 @@ impl MetaStore {
         if let Some(row) = user {
             return Ok(DeleteOutcome::ReferencedBy(digest_col(&row, "digest")?));
         }
-        let done = sqlx::query("DELETE FROM repository_blobs WHERE repository_id = $1 AND blob_digest = $2")
-            .bind(repo_id)
-            .bind(digest.as_str())
-            .execute(&mut *tx.tx)
-            .await?;
+        let done = sqlx::query(
+            "DELETE FROM repository_blobs WHERE repository_id = $1 AND blob_digest = $2",
+        )
+        .bind(repo_id)
+        .bind(digest.as_str())
+        .execute(&mut *tx.tx)
+        .await?;
         tx.commit().await?;
         Ok(if done.rows_affected() == 1 {
             DeleteOutcome::Deleted
@@ -601,12 +658,14 @@ impl MetaStore {
                 id
             }
             // Already stored (same bytes, same digest): its edges were written with it.
-            None => sqlx::query("SELECT id FROM manifests WHERE repository_id = $1 AND digest = $2")
-                .bind(repo_id)
-                .bind(m.digest.as_str())
-                .fetch_one(&mut *tx.tx)
-                .await?
-                .try_get(0)?,
+            None => {
+                sqlx::query("SELECT id FROM manifests WHERE repository_id = $1 AND digest = $2")
+                    .bind(repo_id)
+                    .bind(m.digest.as_str())
+                    .fetch_one(&mut *tx.tx)
+                    .await?
+                    .try_get(0)?
+            }
         };
 
         if let Some(tag) = m.tag {
@@ -627,7 +686,11 @@ impl MetaStore {
 
     /// Deletes a manifest (and the tags pointing at it) unless an index in the repository
     /// still lists it.
-    pub async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> anyhow::Result<DeleteOutcome> {
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> anyhow::Result<DeleteOutcome> {
         let mut tx = self.begin_write().await?;
         let sql = format!(
             "SELECT m.id FROM manifests m JOIN repositories r ON r.id = m.repository_id
@@ -653,7 +716,10 @@ impl MetaStore {
             return Ok(DeleteOutcome::ReferencedBy(digest_col(&p, "digest")?));
         }
         // Tags and edges go with the row (ON DELETE CASCADE).
-        sqlx::query("DELETE FROM manifests WHERE id = $1").bind(id).execute(&mut *tx.tx).await?;
+        sqlx::query("DELETE FROM manifests WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx.tx)
+            .await?;
         tx.commit().await?;
         Ok(DeleteOutcome::Deleted)
     }
@@ -716,14 +782,22 @@ impl WriteTx {
         Ok(())
     }
 
-    async fn insert_edges(&mut self, manifest_id: i64, repo_id: i64, blobs: &[Digest], child_ids: &[i64]) -> anyhow::Result<()> {
+    async fn insert_edges(
+        &mut self,
+        manifest_id: i64,
+        repo_id: i64,
+        blobs: &[Digest],
+        child_ids: &[i64],
+    ) -> anyhow::Result<()> {
         // Batches keep every statement far below both databases' bound-parameter limits.
         for chunk in blobs.chunks(500) {
             let values = (0..chunk.len())
                 .map(|i| format!("($1, $2, ${})", i + 3))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let sql = format!("INSERT INTO manifest_blobs (manifest_id, repository_id, blob_digest) VALUES {values}");
+            let sql = format!(
+                "INSERT INTO manifest_blobs (manifest_id, repository_id, blob_digest) VALUES {values}"
+            );
             let mut q = sqlx::query(&sql).bind(manifest_id).bind(repo_id);
             for d in chunk {
                 q = q.bind(d.as_str());
@@ -735,7 +809,8 @@ impl WriteTx {
                 .map(|i| format!("($1, ${})", i + 2))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let sql = format!("INSERT INTO manifest_children (parent_id, child_id) VALUES {values}");
+            let sql =
+                format!("INSERT INTO manifest_children (parent_id, child_id) VALUES {values}");
             let mut q = sqlx::query(&sql).bind(manifest_id);
             for id in chunk {
                 q = q.bind(*id);
@@ -753,7 +828,12 @@ impl BlobCommit {
     }
 
     /// Links the blob into `repo`, closes the upload session and commits.
-    pub async fn finish(mut self, repo: &RepoName, digest: &Digest, upload_id: &str) -> anyhow::Result<()> {
+    pub async fn finish(
+        mut self,
+        repo: &RepoName,
+        digest: &Digest,
+        upload_id: &str,
+    ) -> anyhow::Result<()> {
         let repo_id = self.tx.ensure_repository(repo).await?;
         self.tx.link(repo_id, digest).await?;
         sqlx::query("DELETE FROM uploads WHERE id = $1")

@@ -20,7 +20,12 @@ pub const LOCK_UPDATE: &str = " FOR UPDATE";
 pub async fn migrate(url: &str) -> anyhow::Result<usize> {
     let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {}", crate::config::redact_url(url)))?;
+        .with_context(|| {
+            format!(
+                "cannot connect to PostgreSQL at {}",
+                crate::config::redact_url(url)
+            )
+        })?;
     let conn_task = tokio::spawn(connection);
     let report = embedded::migrations::runner()
         .run_async(&mut client)

@@ -47,8 +47,9 @@ pub async fn migrate(url: &str) -> anyhow::Result<usize> {
     let path = path_of(url)?;
     tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the database directory {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!("cannot create the database directory {}", dir.display())
+            })?;
         }
         let mut conn = rusqlite::Connection::open(&path)
             .with_context(|| format!("cannot open SQLite database {}", path.display()))?;

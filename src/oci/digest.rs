@@ -53,9 +53,11 @@ impl FromStr for Digest {
         };
         // The OCI grammar: algorithm-component (separator component)* ":" [a-zA-Z0-9=_-]+
         let algorithm_ok = !algorithm.is_empty()
-            && algorithm
-                .split(['+', '.', '_', '-'])
-                .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+            && algorithm.split(['+', '.', '_', '-']).all(|c| {
+                !c.is_empty()
+                    && c.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            });
         let encoded_ok = !encoded.is_empty()
             && encoded
                 .bytes()
@@ -66,7 +68,11 @@ impl FromStr for Digest {
         if algorithm != "sha256" {
             return Err(DigestError::UnsupportedAlgorithm(truncate(s)));
         }
-        if encoded.len() != 64 || !encoded.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if encoded.len() != 64
+            || !encoded
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(DigestError::Invalid(truncate(s)));
         }
         Ok(Digest(s.to_owned()))
@@ -124,7 +130,9 @@ mod tests {
 
     #[test]
     fn parses_sha256_and_rejects_the_rest() {
-        let d: Digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".parse().unwrap();
+        let d: Digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+            .parse()
+            .unwrap();
         assert_eq!(d.hex().len(), 64);
         assert_eq!(d, Digest::of(b""));
         for bad in [
@@ -137,7 +145,10 @@ mod tests {
             "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85/",
         ] {
-            assert!(matches!(bad.parse::<Digest>(), Err(DigestError::Invalid(_))), "{bad}");
+            assert!(
+                matches!(bad.parse::<Digest>(), Err(DigestError::Invalid(_))),
+                "{bad}"
+            );
         }
         assert!(matches!(
             "sha512:abcd".parse::<Digest>(),

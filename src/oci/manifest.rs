@@ -94,7 +94,9 @@ struct Descriptor {
 }
 
 fn descriptor(v: &Value, what: &str) -> Result<Descriptor, String> {
-    let obj = v.as_object().ok_or_else(|| format!("{what} is not a JSON object"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| format!("{what} is not a JSON object"))?;
     let media_type = obj
         .get("mediaType")
         .and_then(Value::as_str)
@@ -109,7 +111,10 @@ fn descriptor(v: &Value, what: &str) -> Result<Descriptor, String> {
         Some(Value::Number(n)) if n.as_u64().is_some() => {}
         _ => return Err(format!("{what} has no valid size (a non-negative integer)")),
     }
-    let has_urls = obj.get("urls").and_then(Value::as_array).is_some_and(|u| !u.is_empty());
+    let has_urls = obj
+        .get("urls")
+        .and_then(Value::as_array)
+        .is_some_and(|u| !u.is_empty());
     Ok(Descriptor {
         media_type,
         digest,
@@ -118,7 +123,9 @@ fn descriptor(v: &Value, what: &str) -> Result<Descriptor, String> {
 }
 
 fn descriptors(v: &Value, what: &str) -> Result<Vec<Descriptor>, String> {
-    let arr = v.as_array().ok_or_else(|| format!("{what} is not a JSON array"))?;
+    let arr = v
+        .as_array()
+        .ok_or_else(|| format!("{what} is not a JSON array"))?;
     arr.iter()
         .enumerate()
         .map(|(i, d)| descriptor(d, &format!("{what}[{i}]")))
@@ -134,14 +141,18 @@ fn push_unique(list: &mut Vec<Digest>, d: Digest) {
 /// Parses a pushed manifest. `content_type` is the request's Content-Type (parameters removed).
 /// Errors are messages for a MANIFEST_INVALID answer.
 pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, String> {
-    let raw: RawManifest =
-        serde_json::from_slice(body).map_err(|e| format!("manifest is not a valid JSON object: {e}"))?;
+    let raw: RawManifest = serde_json::from_slice(body)
+        .map_err(|e| format!("manifest is not a valid JSON object: {e}"))?;
     let body_type = match &raw.media_type {
         None => None,
         Some(Value::String(s)) => Some(s.as_str()),
         Some(_) => return Err("mediaType must be a string".into()),
     };
-    if let Some(t) = body_type.into_iter().chain(content_type).find(|t| DOCKER_SCHEMA1.contains(t)) {
+    if let Some(t) = body_type
+        .into_iter()
+        .chain(content_type)
+        .find(|t| DOCKER_SCHEMA1.contains(t))
+    {
         return Err(format!(
             "Docker schema 1 manifests ({t}) are not supported; push schema 2 or OCI (e.g. `docker push` from Docker 1.10 or later)"
         ));
@@ -158,9 +169,14 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
     let header_type = content_type.and_then(MediaType::parse);
     let media_type = match (body_type, header_type) {
         (Some(b), Some(h)) if b != h.as_str() => {
-            return Err(format!("mediaType {b:?} in the manifest does not match Content-Type {:?}", h.as_str()));
+            return Err(format!(
+                "mediaType {b:?} in the manifest does not match Content-Type {:?}",
+                h.as_str()
+            ));
         }
-        (Some(b), _) => MediaType::parse(b).ok_or_else(|| format!("unsupported manifest mediaType {b:?}"))?,
+        (Some(b), _) => {
+            MediaType::parse(b).ok_or_else(|| format!("unsupported manifest mediaType {b:?}"))?
+        }
         (None, Some(h)) => h,
         (None, None) => {
             if raw.manifests.is_some() {
@@ -172,8 +188,15 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
             }
         }
     };
-    if matches!(media_type, MediaType::DockerManifest | MediaType::DockerList) && body_type.is_none() {
-        return Err(format!("a {} must carry its mediaType", media_type.as_str()));
+    if matches!(
+        media_type,
+        MediaType::DockerManifest | MediaType::DockerList
+    ) && body_type.is_none()
+    {
+        return Err(format!(
+            "a {} must carry its mediaType",
+            media_type.as_str()
+        ));
     }
 
     let artifact_type = match &raw.artifact_type {
@@ -205,7 +228,10 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
         if raw.config.is_some() || raw.layers.is_some() {
             return Err("an index has no config or layers".into());
         }
-        let manifests = raw.manifests.as_ref().ok_or("an index must have a manifests array")?;
+        let manifests = raw
+            .manifests
+            .as_ref()
+            .ok_or("an index must have a manifests array")?;
         for d in descriptors(manifests, "manifests")? {
             push_unique(&mut parsed.children, d.digest);
         }
@@ -213,13 +239,21 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
         if raw.manifests.is_some() {
             return Err("an image manifest has no manifests array".into());
         }
-        let config = descriptor(raw.config.as_ref().ok_or("an image manifest must have a config")?, "config")?;
+        let config = descriptor(
+            raw.config
+                .as_ref()
+                .ok_or("an image manifest must have a config")?,
+            "config",
+        )?;
         if parsed.artifact_type.is_none() {
             parsed.artifact_type = Some(config.media_type.clone());
         }
         parsed.config = Some(config.digest.clone());
         push_unique(&mut parsed.blobs, config.digest);
-        let layers = raw.layers.as_ref().ok_or("an image manifest must have a layers array")?;
+        let layers = raw
+            .layers
+            .as_ref()
+            .ok_or("an image manifest must have a layers array")?;
         for layer in descriptors(layers, "layers")? {
             if layer.has_urls && FOREIGN_LAYERS.contains(&layer.media_type.as_str()) {
                 continue;
@@ -249,7 +283,10 @@ mod tests {
         assert_eq!(m.media_type, MediaType::OciManifest);
         assert_eq!(m.blobs.len(), 2, "duplicates collapse");
         assert_eq!(m.config.unwrap().as_str(), D1);
-        assert_eq!(m.artifact_type.as_deref(), Some("application/vnd.oci.image.config.v1+json"));
+        assert_eq!(
+            m.artifact_type.as_deref(),
+            Some("application/vnd.oci.image.config.v1+json")
+        );
         let with_subject = image(&format!(
             r#","subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":3}},"artifactType":"application/x.sig""#
         ));
@@ -268,20 +305,36 @@ mod tests {
         assert_eq!(m.children.len(), 2);
         assert!(m.blobs.is_empty());
         // Without any type information the structure decides.
-        assert_eq!(parse(body.as_bytes(), None).unwrap().media_type, MediaType::OciIndex);
+        assert_eq!(
+            parse(body.as_bytes(), None).unwrap().media_type,
+            MediaType::OciIndex
+        );
     }
 
     #[test]
     fn rejections() {
         assert!(parse(b"not json", None).is_err());
         assert!(parse(b"[]", None).is_err());
-        assert!(parse(image("").as_bytes(), Some(OCI_INDEX)).unwrap_err().contains("does not match"));
+        assert!(
+            parse(image("").as_bytes(), Some(OCI_INDEX))
+                .unwrap_err()
+                .contains("does not match")
+        );
         let schema1 = r#"{"schemaVersion":1,"name":"x","tag":"y","fsLayers":[]}"#;
-        assert!(parse(schema1.as_bytes(), Some(DOCKER_SCHEMA1[1])).unwrap_err().contains("schema 1"));
-        assert!(parse(schema1.as_bytes(), None).unwrap_err().contains("schema 1"));
+        assert!(
+            parse(schema1.as_bytes(), Some(DOCKER_SCHEMA1[1]))
+                .unwrap_err()
+                .contains("schema 1")
+        );
+        assert!(
+            parse(schema1.as_bytes(), None)
+                .unwrap_err()
+                .contains("schema 1")
+        );
         let bad_digest = image("").replace(D2, "sha256:zz");
         assert!(parse(bad_digest.as_bytes(), None).is_err());
-        let docker_without_type = image("").replace(&format!(r#""mediaType":"{OCI_MANIFEST}","#), "");
+        let docker_without_type =
+            image("").replace(&format!(r#""mediaType":"{OCI_MANIFEST}","#), "");
         assert!(parse(docker_without_type.as_bytes(), Some(DOCKER_MANIFEST)).is_err());
     }
 }

@@ -56,7 +56,10 @@ impl FromStr for RepoName {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.len() > MAX_NAME_LEN {
-            return Err(format!("repository name is {} characters long; the limit is {MAX_NAME_LEN}", s.len()));
+            return Err(format!(
+                "repository name is {} characters long; the limit is {MAX_NAME_LEN}",
+                s.len()
+            ));
         }
         if s.split('/').all(valid_component) {
             Ok(RepoName(s.to_owned()))
@@ -99,7 +102,8 @@ impl FromStr for Tag {
         let ok = !b.is_empty()
             && b.len() <= MAX_TAG_LEN
             && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-            && b.iter().all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'));
+            && b.iter()
+                .all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'));
         if ok {
             Ok(Tag(s.to_owned()))
         } else {
@@ -145,12 +149,18 @@ mod tests {
 
     #[test]
     fn names_follow_the_spec_grammar() {
-        for good in ["a", "library/ubuntu", "a.b_c__d---e/f0", "team/app/sub", "x9"] {
+        for good in [
+            "a",
+            "library/ubuntu",
+            "a.b_c__d---e/f0",
+            "team/app/sub",
+            "x9",
+        ] {
             assert!(good.parse::<RepoName>().is_ok(), "{good}");
         }
         for bad in [
-            "", "A", "a/", "/a", "a//b", "..", "a/../b", "a/./b", ".a", "a.", "a___b", "a..b", "a:b", "a b",
-            "a/b%2f", "_a", "a-", "a/-b",
+            "", "A", "a/", "/a", "a//b", "..", "a/../b", "a/./b", ".a", "a.", "a___b", "a..b",
+            "a:b", "a b", "a/b%2f", "_a", "a-", "a/-b",
         ] {
             assert!(bad.parse::<RepoName>().is_err(), "{bad}");
         }

@@ -43,7 +43,9 @@ impl From<StorageError> for Error {
     fn from(e: StorageError) -> Self {
         match e {
             StorageError::NotFound => Error::BlobUnknown("stored object not found".into()),
-            StorageError::Body(msg) => Error::BlobUploadInvalid(format!("request body failed: {msg}")),
+            StorageError::Body(msg) => {
+                Error::BlobUploadInvalid(format!("request body failed: {msg}"))
+            }
             e @ StorageError::UploadDataLost { .. } => {
                 Error::BlobUploadInvalid(format!("{e}; cancel this upload and start a new one"))
             }
@@ -64,13 +66,21 @@ impl Registry {
     }
 
     /// The body for `len` bytes from `start` of a blob whose size the caller checked.
-    pub async fn blob_body(&self, digest: &Digest, start: u64, len: u64, whole: bool) -> Result<BlobBody> {
+    pub async fn blob_body(
+        &self,
+        digest: &Digest,
+        start: u64,
+        len: u64,
+        whole: bool,
+    ) -> Result<BlobBody> {
         if whole && self.redirect_enabled {
             if let Some(url) = self.storage.redirect_url(digest).await? {
                 return Ok(BlobBody::Redirect(url));
             }
         }
-        Ok(BlobBody::Bytes(self.storage.blob_read(digest, start, len).await?))
+        Ok(BlobBody::Bytes(
+            self.storage.blob_read(digest, start, len).await?,
+        ))
     }
 
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
@@ -86,7 +96,12 @@ impl Registry {
 
     /// Cross-repository mount: links a stored blob into `repo` without moving bytes. With
     /// `from`, the blob must be servable there; without, any stored blob can be mounted.
-    pub async fn mount_blob(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<Option<u64>> {
+    pub async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<&RepoName>,
+    ) -> Result<Option<u64>> {
         let available = match from {
             Some(source) => self.meta.blob_in_repository(source, digest).await?,
             None => self.meta.blob_stored(digest).await?,
@@ -106,7 +121,8 @@ impl Registry {
         content_type: Option<&str>,
         body: &Bytes,
     ) -> Result<StoredManifest> {
-        let parsed: ParsedManifest = manifest::parse(body, content_type).map_err(Error::ManifestInvalid)?;
+        let parsed: ParsedManifest =
+            manifest::parse(body, content_type).map_err(Error::ManifestInvalid)?;
         let digest = Digest::of(body);
         if let Reference::Digest(d) = reference {
             if *d != digest {
@@ -148,7 +164,11 @@ impl Registry {
         }
     }
 
-    pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestRecord> {
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ManifestRecord> {
         let found = match reference {
             Reference::Tag(t) => self.meta.manifest_by_tag(repo, t).await?,
             Reference::Digest(d) => self.meta.manifest_by_digest(repo, d).await?,
@@ -189,7 +209,12 @@ impl Registry {
 
     // ---- listings ----------------------------------------------------------------------
 
-    pub async fn tags(&self, repo: &RepoName, last: Option<&str>, limit: Option<u32>) -> Result<Vec<String>> {
+    pub async fn tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Vec<String>> {
         self.meta
             .tags(repo, last, limit)
             .await?
@@ -202,7 +227,12 @@ impl Registry {
 
     /// The referrers of `subject` as an OCI image index (empty, never 404, for an unknown
     /// subject).
-    pub async fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> Result<Value> {
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Value> {
         let referrers = self.meta.referrers(repo, subject, artifact_type).await?;
         let manifests: Vec<Value> = referrers
             .into_iter()
@@ -234,7 +264,9 @@ impl Registry {
 }
 
 /// Adapts a request body so that its bytes feed `hasher` as the storage driver pulls them.
-pub(crate) fn io_stream<S, E>(body: S) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Unpin
+pub(crate) fn io_stream<S, E>(
+    body: S,
+) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Unpin
 where
     S: futures_util::Stream<Item = std::result::Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,

@@ -54,7 +54,10 @@ impl Registry {
 
     pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadStatus> {
         let u = self.upload_record(repo, id).await?;
-        Ok(UploadStatus { id: u.id, size: u.size })
+        Ok(UploadStatus {
+            id: u.id,
+            size: u.size,
+        })
     }
 
     /// Takes the upload's storage lock and re-reads its state under it.
@@ -89,8 +92,12 @@ impl Registry {
                 });
             }
         }
-        let mut hasher = Sha256Hasher::restore(&record.hash_state)
-            .ok_or_else(|| Error::internal("upload", format!("corrupt hash state for upload {}", record.id)))?;
+        let mut hasher = Sha256Hasher::restore(&record.hash_state).ok_or_else(|| {
+            Error::internal(
+                "upload",
+                format!("corrupt hash state for upload {}", record.id),
+            )
+        })?;
         let hashed = io_stream(body).map(|r: io::Result<Bytes>| {
             if let Ok(b) = &r {
                 hasher.update(b);
@@ -120,7 +127,13 @@ impl Registry {
         let hash_state = hasher.save();
         if !self
             .meta
-            .save_upload_progress(&record.id, record.size, new_size, &hash_state, &appended.state)
+            .save_upload_progress(
+                &record.id,
+                record.size,
+                new_size,
+                &hash_state,
+                &appended.state,
+            )
             .await?
         {
             // Cannot happen while the storage lock serialises writers; refuse rather than guess.
@@ -136,13 +149,20 @@ impl Registry {
     }
 
     /// PATCH: appends a chunk (with `Content-Range`) or a stream (without).
-    pub async fn append_upload<S, E>(&self, repo: &RepoName, id: &str, range: Option<ContentRange>, body: S) -> Result<UploadStatus>
+    pub async fn append_upload<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        range: Option<ContentRange>,
+        body: S,
+    ) -> Result<UploadStatus>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
         let (mut lock, mut record) = self.lock_upload(repo, id).await?;
-        self.append_locked(&mut lock, &mut record, range, body).await?;
+        self.append_locked(&mut lock, &mut record, range, body)
+            .await?;
         Ok(UploadStatus {
             id: record.id,
             size: record.size,
@@ -164,9 +184,11 @@ impl Registry {
         E: std::fmt::Display,
     {
         let (mut lock, mut record) = self.lock_upload(repo, id).await?;
-        self.append_locked(&mut lock, &mut record, range, body).await?;
-        let hasher = Sha256Hasher::restore(&record.hash_state)
-            .ok_or_else(|| Error::internal("upload", format!("corrupt hash state for upload {id}")))?;
+        self.append_locked(&mut lock, &mut record, range, body)
+            .await?;
+        let hasher = Sha256Hasher::restore(&record.hash_state).ok_or_else(|| {
+            Error::internal("upload", format!("corrupt hash state for upload {id}"))
+        })?;
         let actual = hasher.digest();
         if actual != *digest {
             // Nothing of a mismatched upload is kept.
@@ -196,13 +218,20 @@ impl Registry {
     }
 
     /// POST ?digest=: a whole blob in one request.
-    pub async fn monolithic_upload<S, E>(&self, repo: &RepoName, digest: &Digest, body: S) -> Result<u64>
+    pub async fn monolithic_upload<S, E>(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        body: S,
+    ) -> Result<u64>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
         let status = self.start_upload(repo).await?;
-        let result = self.complete_upload(repo, &status.id, digest, None, body).await;
+        let result = self
+            .complete_upload(repo, &status.id, digest, None, body)
+            .await;
         if result.is_err() {
             let _ = self.cancel_upload(repo, &status.id).await;
         }
@@ -217,7 +246,11 @@ impl Registry {
     }
 
     /// Aborts uploads untouched for longer than `age`. Returns how many (that would be) purged.
-    pub async fn purge_uploads(&self, age: std::time::Duration, dry_run: bool) -> anyhow::Result<usize> {
+    pub async fn purge_uploads(
+        &self,
+        age: std::time::Duration,
+        dry_run: bool,
+    ) -> anyhow::Result<usize> {
         let before = crate::meta::now_ms() - age.as_millis() as i64;
         let stale = self.meta.stale_uploads(before).await?;
         for u in &stale {

@@ -32,7 +32,9 @@ pub(super) struct UploadFile {
     file: Arc<File>,
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
     spawn_blocking(f).await.map_err(io::Error::other)?
 }
 
@@ -81,7 +83,12 @@ impl FsDriver {
         let dir = self.upload_dir(id);
         let file = blocking(move || {
             std::fs::create_dir_all(&dir)?;
-            let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("data"))?;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(dir.join("data"))?;
             // SAFETY: flock on a valid open descriptor; it is released when the file closes.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
                 return Err(io::Error::last_os_error());
@@ -89,7 +96,9 @@ impl FsDriver {
             Ok(file)
         })
         .await?;
-        Ok(UploadFile { file: Arc::new(file) })
+        Ok(UploadFile {
+            file: Arc::new(file),
+        })
     }
 
     pub(super) async fn upload_append<S>(
@@ -112,7 +121,10 @@ impl FsDriver {
         })
         .await?;
         if found < offset {
-            return Err(StorageError::UploadDataLost { expected: offset, found });
+            return Err(StorageError::UploadDataLost {
+                expected: offset,
+                found,
+            });
         }
 
         let mut pos = offset;
@@ -203,9 +215,16 @@ impl FsDriver {
         Ok(())
     }
 
-    pub(super) async fn blob_read(&self, digest: &Digest, start: u64, len: u64) -> StorageResult<ByteStream> {
+    pub(super) async fn blob_read(
+        &self,
+        digest: &Digest,
+        start: u64,
+        len: u64,
+    ) -> StorageResult<ByteStream> {
         let path = self.blob_path(digest);
-        let file = blocking(move || File::open(path)).await.map_err(not_found)?;
+        let file = blocking(move || File::open(path))
+            .await
+            .map_err(not_found)?;
         let file = Arc::new(file);
         let end = start + len;
         let stream = futures_util::stream::try_unfold(start, move |pos| {
@@ -221,7 +240,10 @@ impl FsDriver {
                     while filled < want {
                         let n = file.read_at(&mut buf[filled..], pos + filled as u64)?;
                         if n == 0 {
-                            return Err(io::Error::new(ErrorKind::UnexpectedEof, "blob is shorter than recorded"));
+                            return Err(io::Error::new(
+                                ErrorKind::UnexpectedEof,
+                                "blob is shorter than recorded",
+                            ));
                         }
                         filled += n;
                     }

@@ -95,9 +95,19 @@ impl BlobStore {
     }
 
     /// Makes the upload's `size` bytes the object for `digest`.
-    pub async fn upload_commit(&self, lock: &mut UploadLock, id: &str, state: &str, size: u64, digest: &Digest) -> StorageResult<()> {
+    pub async fn upload_commit(
+        &self,
+        lock: &mut UploadLock,
+        id: &str,
+        state: &str,
+        size: u64,
+        digest: &Digest,
+    ) -> StorageResult<()> {
         match self {
-            BlobStore::Filesystem(d) => d.upload_commit(&mut lock.inner, id, state, size, digest).await,
+            BlobStore::Filesystem(d) => {
+                d.upload_commit(&mut lock.inner, id, state, size, digest)
+                    .await
+            }
         }
     }
 
@@ -109,7 +119,12 @@ impl BlobStore {
     }
 
     /// Streams `len` bytes of the blob from `start`.
-    pub async fn blob_read(&self, digest: &Digest, start: u64, len: u64) -> StorageResult<ByteStream> {
+    pub async fn blob_read(
+        &self,
+        digest: &Digest,
+        start: u64,
+        len: u64,
+    ) -> StorageResult<ByteStream> {
         match self {
             BlobStore::Filesystem(d) => d.blob_read(digest, start, len).await,
         }

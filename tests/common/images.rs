@@ -55,7 +55,8 @@ pub fn layer(seed: u64, len: usize) -> Vec<u8> {
     header.set_mode(0o644);
     header.set_mtime(0);
     header.set_cksum();
-    tar.append_data(&mut header, format!("file-{seed}"), data.as_slice()).unwrap();
+    tar.append_data(&mut header, format!("file-{seed}"), data.as_slice())
+        .unwrap();
     let tar = tar.into_inner().unwrap();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&tar).unwrap();
@@ -78,9 +79,15 @@ pub fn single(media_type: &str, platform: &str, layer_seeds: &[u64], layer_len: 
     }))
     .unwrap();
     let (config_type, layer_type) = if docker {
-        ("application/vnd.docker.container.image.v1+json", "application/vnd.docker.image.rootfs.diff.tar.gzip")
+        (
+            "application/vnd.docker.container.image.v1+json",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        )
     } else {
-        ("application/vnd.oci.image.config.v1+json", "application/vnd.oci.image.layer.v1.tar+gzip")
+        (
+            "application/vnd.oci.image.config.v1+json",
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        )
     };
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
@@ -101,8 +108,19 @@ pub fn single(media_type: &str, platform: &str, layer_seeds: &[u64], layer_len: 
 
 /// A multi-platform index (OCI index or Docker manifest list) over one image per platform;
 /// platform `i` uses layer seeds `seed*100 + i*10 + k`, plus any `shared_seeds` first.
-pub fn multiarch(list_type: &str, seed: u64, platforms: &[&str], layers: usize, layer_len: usize, shared_seeds: &[u64]) -> Image {
-    let child_type = if list_type == DOCKER_LIST { DOCKER_MANIFEST } else { OCI_MANIFEST };
+pub fn multiarch(
+    list_type: &str,
+    seed: u64,
+    platforms: &[&str],
+    layers: usize,
+    layer_len: usize,
+    shared_seeds: &[u64],
+) -> Image {
+    let child_type = if list_type == DOCKER_LIST {
+        DOCKER_MANIFEST
+    } else {
+        OCI_MANIFEST
+    };
     let mut blobs: Vec<Vec<u8>> = Vec::new();
     let mut children = Vec::new();
     let mut entries = Vec::new();
@@ -121,7 +139,10 @@ pub fn multiarch(list_type: &str, seed: u64, platforms: &[&str], layers: usize, 
         entries.push(d);
         children.push((child_type.to_string(), img.manifest));
     }
-    let manifest = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": list_type, "manifests": entries})).unwrap();
+    let manifest = serde_json::to_vec(
+        &json!({"schemaVersion": 2, "mediaType": list_type, "manifests": entries}),
+    )
+    .unwrap();
     Image {
         blobs,
         children,
@@ -172,7 +193,8 @@ pub fn write_layout(dir: &Path, tag: &str, image: &Image) {
     d["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
     std::fs::write(
         dir.join("index.json"),
-        serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [d]})).unwrap(),
+        serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [d]}))
+            .unwrap(),
     )
     .unwrap();
 }

@@ -88,7 +88,10 @@ async fn pg_admin(url: &str, sql: &str) {
         .await
         .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at {url}: {e}"));
     let task = tokio::spawn(conn);
-    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     drop(client);
     let _ = task.await;
 }
@@ -120,8 +123,14 @@ impl Drop for TestDatabase {
         if let (Some(admin), Some(name)) = (self.admin_url.clone(), self.name.clone()) {
             // Drop runs outside async context; a helper thread with its own runtime cleans up.
             let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                rt.block_on(pg_admin(&admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")));
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(pg_admin(
+                    &admin,
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                ));
             })
             .join();
         }
@@ -180,7 +189,8 @@ impl TestServer {
         let root = config.storage.filesystem.clone().unwrap().rootdirectory;
         let thread = std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
-                let registry = Arc::new(wharf::open_registry(&config).await.expect("open registry"));
+                let registry =
+                    Arc::new(wharf::open_registry(&config).await.expect("open registry"));
                 let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
                 let port = listener.local_addr().unwrap().port();
                 let server = wharf::http_server(registry.clone(), listener, 2, false).unwrap();
@@ -219,7 +229,9 @@ impl TestServer {
 
     /// Upload directories left in storage.
     pub fn upload_dirs(&self) -> usize {
-        std::fs::read_dir(self.root.join("wharf/uploads")).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(self.root.join("wharf/uploads"))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 }
 
@@ -232,7 +244,10 @@ pub struct Client {
 
 pub async fn error_code(resp: Response) -> String {
     let body: Value = resp.json().await.expect("error body is JSON");
-    body["errors"][0]["code"].as_str().expect("errors[0].code").to_string()
+    body["errors"][0]["code"]
+        .as_str()
+        .expect("errors[0].code")
+        .to_string()
 }
 
 impl Client {
@@ -276,18 +291,29 @@ impl Client {
     pub async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
         let digest = sha256(data);
         let resp = self
-            .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={digest}"))
+            .req(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
+            )
             .body(data.to_vec())
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), StatusCode::CREATED, "monolithic push to {repo}");
+        assert_eq!(
+            resp.status(),
+            StatusCode::CREATED,
+            "monolithic push to {repo}"
+        );
         digest
     }
 
     /// Starts an upload session; returns its Location.
     pub async fn start_upload(&self, repo: &str) -> String {
-        let resp = self.req(Method::POST, &format!("/v2/{repo}/blobs/uploads/")).send().await.unwrap();
+        let resp = self
+            .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), StatusCode::ACCEPTED);
         resp.headers()["location"].to_str().unwrap().to_string()
     }
@@ -301,22 +327,41 @@ impl Client {
             let resp = self
                 .req(Method::PATCH, &location)
                 .header("Content-Type", "application/octet-stream")
-                .header("Content-Range", format!("{}-{}", offset, offset + piece.len() - 1))
+                .header(
+                    "Content-Range",
+                    format!("{}-{}", offset, offset + piece.len() - 1),
+                )
                 .body(piece.to_vec())
                 .send()
                 .await
                 .unwrap();
             assert_eq!(resp.status(), StatusCode::ACCEPTED, "PATCH at {offset}");
             offset += piece.len();
-            assert_eq!(resp.headers()["range"].to_str().unwrap(), format!("0-{}", offset - 1));
+            assert_eq!(
+                resp.headers()["range"].to_str().unwrap(),
+                format!("0-{}", offset - 1)
+            );
             location = resp.headers()["location"].to_str().unwrap().to_string();
         }
-        let resp = self.req(Method::PUT, &with_query(&location, &format!("digest={digest}"))).send().await.unwrap();
+        let resp = self
+            .req(
+                Method::PUT,
+                &with_query(&location, &format!("digest={digest}")),
+            )
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), StatusCode::CREATED);
         digest
     }
 
-    pub async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Response {
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Response {
         self.req(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
             .header("Content-Type", media_type)
             .body(body.to_vec())
@@ -325,11 +370,21 @@ impl Client {
             .unwrap()
     }
 
-    pub async fn push_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> String {
+    pub async fn push_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> String {
         let resp = self.put_manifest(repo, reference, media_type, body).await;
         let status = resp.status();
         let text = resp.text().await.unwrap();
-        assert_eq!(status, StatusCode::CREATED, "manifest push to {repo}:{reference}: {text}");
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "manifest push to {repo}:{reference}: {text}"
+        );
         sha256(body)
     }
 
@@ -339,9 +394,11 @@ impl Client {
             self.push_blob(repo, blob).await;
         }
         for (media_type, body) in &image.children {
-            self.push_manifest(repo, &sha256(body), media_type, body).await;
+            self.push_manifest(repo, &sha256(body), media_type, body)
+                .await;
         }
-        self.push_manifest(repo, tag, &image.media_type, &image.manifest).await
+        self.push_manifest(repo, tag, &image.media_type, &image.manifest)
+            .await
     }
 
     pub async fn blob_bytes(&self, repo: &str, digest: &str) -> Option<Vec<u8>> {
@@ -362,7 +419,10 @@ impl Client {
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::OK, "pull {repo}:{reference}");
-        let digest = resp.headers()["docker-content-digest"].to_str().unwrap().to_string();
+        let digest = resp.headers()["docker-content-digest"]
+            .to_str()
+            .unwrap()
+            .to_string();
         let body = resp.bytes().await.unwrap();
         assert_eq!(sha256(&body), digest);
         let m: Value = serde_json::from_slice(&body).unwrap();
@@ -372,9 +432,18 @@ impl Client {
             }
         } else {
             let mut blobs = vec![m["config"]["digest"].as_str().unwrap().to_string()];
-            blobs.extend(m["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()));
+            blobs.extend(
+                m["layers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|l| l["digest"].as_str().unwrap().to_string()),
+            );
             for b in blobs {
-                let bytes = self.blob_bytes(repo, &b).await.unwrap_or_else(|| panic!("blob {b} missing in {repo}"));
+                let bytes = self
+                    .blob_bytes(repo, &b)
+                    .await
+                    .unwrap_or_else(|| panic!("blob {b} missing in {repo}"));
                 assert_eq!(sha256(&bytes), b);
             }
         }
