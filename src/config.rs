@@ -215,6 +215,9 @@ impl Config {
             else {
                 continue;
             };
+            if NOT_CONFIG_KEYS.contains(&key.as_str()) || key.starts_with("WHARF_TEST_") {
+                continue;
+            }
             let path: Vec<String> = rest.split('_').map(str::to_ascii_lowercase).collect();
             if path.iter().any(String::is_empty) {
                 continue;
@@ -240,6 +243,12 @@ impl Config {
         }
     }
 }
+
+/// Environment variables with a config prefix that are not config keys. Anything else under
+/// the prefixes must name a key: a `REGISTRY_AUTH_*` carried over from Distribution is refused
+/// loudly rather than ignored (ignoring it would run a registry without the auth the operator
+/// asked for).
+const NOT_CONFIG_KEYS: &[&str] = &["WHARF_CONFIG"];
 
 fn set_path(tree: &mut Value, path: &[String], raw: &str) -> anyhow::Result<()> {
     let Value::Mapping(map) = tree else {
@@ -354,6 +363,11 @@ mod tests {
                 "2h".to_string(),
             ),
             ("UNRELATED".to_string(), "x".to_string()),
+            ("WHARF_CONFIG".to_string(), "/etc/wharf.yaml".to_string()),
+            (
+                "WHARF_TEST_POSTGRES_URL".to_string(),
+                "postgres://x".to_string(),
+            ),
         ];
         let c = Config::load(None, env).unwrap();
         assert_eq!(c.http.addr, "127.0.0.1:6000");
@@ -374,6 +388,12 @@ mod tests {
         let env = vec![("REGISTRY_HTTP_ADDRESS".to_string(), "x".to_string())];
         let err = format!("{:#}", Config::load(None, env).unwrap_err());
         assert!(err.contains("address"), "{err}");
+        let env = vec![(
+            "REGISTRY_AUTH_HTPASSWD_PATH".to_string(),
+            "/auth/htpasswd".to_string(),
+        )];
+        let err = format!("{:#}", Config::load(None, env).unwrap_err());
+        assert!(err.contains("auth"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,224 @@
+//! The real `wharf` binary as separate processes: killed with SIGKILL after acknowledging
+//! writes, and two replicas sharing one database and one storage root.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::images::{self, OCI_INDEX};
+use common::{Backend, Client, TestEnv, sha256, with_query};
+use reqwest::Method;
+
+backend_tests!(
+    sigkill_loses_nothing_acknowledged,
+    two_replicas_share_uploads_and_manifests,
+    upload_purging
+);
+
+struct Process {
+    child: Child,
+    client: Client,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn spawn(env: &TestEnv) -> Process {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .arg("serve")
+        .env("REGISTRY_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("REGISTRY_HTTP_WORKERS", "2")
+        .env(
+            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
+            env.dir.path().join("storage"),
+        )
+        .env("WHARF_DATABASE_URL", &env.db.url)
+        .env("REGISTRY_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start wharf");
+    let client = Client::new(&format!("http://127.0.0.1:{port}"));
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = client.http.get(client.url("/readyz")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "wharf did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Process { child, client }
+}
+
+impl Process {
+    fn kill9(mut self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn sigkill_loses_nothing_acknowledged(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let p = spawn(&env).await;
+    let image = images::multiarch(
+        OCI_INDEX,
+        700,
+        &["linux/amd64", "linux/arm64"],
+        2,
+        200_000,
+        &[],
+    );
+    let digest = p.client.push_image("crash/app", "v1", &image).await;
+    let data = images::noise(701, 1_500_000);
+    let loc = p.client.start_upload("crash/app").await;
+    let r = p
+        .client
+        .req(Method::PATCH, &loc)
+        .header("Content-Range", "0-999999")
+        .body(data[..1_000_000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    p.kill9();
+
+    let p = spawn(&env).await;
+    p.client.pull_and_verify("crash/app", "v1").await;
+    p.client.pull_and_verify("crash/app", &digest).await;
+    let r = p.client.get(&loc).await;
+    assert_eq!(
+        r.headers()["range"],
+        "0-999999",
+        "the acknowledged chunk survived"
+    );
+    let r = p
+        .client
+        .req(
+            Method::PUT,
+            &with_query(&loc, &format!("digest={}", sha256(&data))),
+        )
+        .header("Content-Range", format!("1000000-{}", data.len() - 1))
+        .body(data[1_000_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        p.client
+            .blob_bytes("crash/app", &sha256(&data))
+            .await
+            .unwrap(),
+        data
+    );
+}
+
+async fn two_replicas_share_uploads_and_manifests(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let a = spawn(&env).await;
+    let b2 = spawn(&env).await;
+    let replicas = [&a.client, &b2.client];
+
+    // A chunked upload whose PATCHes alternate between the replicas.
+    let data = images::noise(800, 2_000_000);
+    let mut loc = a.client.start_upload("replicas/app").await;
+    let chunk = 150_000;
+    for (i, piece) in data.chunks(chunk).enumerate() {
+        let c = replicas[i % 2];
+        let start = i * chunk;
+        let r = c
+            .req(Method::PATCH, &loc)
+            .header(
+                "Content-Range",
+                format!("{}-{}", start, start + piece.len() - 1),
+            )
+            .body(piece.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "chunk {i} on replica {}", i % 2);
+        loc = r.headers()["location"].to_str().unwrap().to_string();
+    }
+    let d = sha256(&data);
+    let r = b2
+        .client
+        .req(Method::PUT, &with_query(&loc, &format!("digest={d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(a.client.blob_bytes("replicas/app", &d).await.unwrap(), data);
+
+    // A manifest pushed to one replica is immediately pullable from the other.
+    let image = images::multiarch(
+        OCI_INDEX,
+        801,
+        &["linux/amd64", "linux/arm64"],
+        1,
+        50_000,
+        &[],
+    );
+    for i in 0..5 {
+        let tag = format!("t{i}");
+        replicas[i % 2]
+            .push_image("replicas/app", &tag, &image)
+            .await;
+        replicas[(i + 1) % 2]
+            .pull_and_verify("replicas/app", &tag)
+            .await;
+    }
+}
+
+async fn upload_purging(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let s = env.start().await;
+    let stale = s.client.start_upload("purge").await;
+    s.client
+        .req(Method::PATCH, &stale)
+        .body(vec![1u8; 1000])
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        s.registry
+            .purge_uploads(Duration::from_millis(10), true)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.client.get(&stale).await.status(),
+        204,
+        "a dry run purges nothing"
+    );
+    let fresh_age = Duration::from_secs(3600);
+    assert_eq!(s.registry.purge_uploads(fresh_age, false).await.unwrap(), 0);
+    assert_eq!(
+        s.registry
+            .purge_uploads(Duration::from_millis(10), false)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(s.client.get(&stale).await.status(), 404);
+    assert_eq!(s.upload_dirs(), 0);
+}
