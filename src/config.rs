@@ -25,6 +25,34 @@ pub struct Config {
     pub http: HttpConfig,
     pub storage: StorageConfig,
     pub database: DatabaseConfig,
+    pub gc: GcConfig,
+}
+
+/// Online garbage collection (see docs/gc.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcConfig {
+    /// Run the collector inside `wharf serve`.
+    pub enabled: bool,
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Manifests, blobs and blob links younger than this are never collected: it covers a
+    /// push in progress (blobs uploaded, manifest not yet pushed).
+    #[serde(deserialize_with = "duration")]
+    pub graceperiod: Duration,
+    /// Collect manifests that no tag points at and no index lists.
+    pub deleteuntagged: bool,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(3600),
+            graceperiod: Duration::from_secs(24 * 3600),
+            deleteuntagged: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -341,6 +369,8 @@ mod tests {
             c.storage.maintenance.uploadpurging.age,
             Duration::from_secs(168 * 3600)
         );
+        assert!(c.gc.enabled && c.gc.deleteuntagged);
+        assert_eq!(c.gc.graceperiod, Duration::from_secs(24 * 3600));
     }
 
     #[test]

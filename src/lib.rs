@@ -5,6 +5,8 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod fsck;
+pub mod gc;
 pub mod meta;
 pub mod oci;
 pub mod registry;

@@ -32,6 +32,25 @@ enum Command {
     Serve,
     /// Apply database migrations and exit (serve applies them too).
     Migrate,
+    /// Collect garbage once, online (the server may keep running): untagged manifests,
+    /// unreferenced blob links and blobs older than gc.graceperiod.
+    Gc {
+        /// List what would be deleted, and the bytes it would free; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare storage with the database: orphaned objects, rows whose object is missing.
+    Fsck {
+        /// Delete orphaned objects older than an hour.
+        #[arg(long)]
+        delete_orphans: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_logging(config: &Config) {
@@ -64,6 +83,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve => serve(config),
         Command::Migrate => runtime().and_then(|rt| rt.block_on(migrate(&config))),
+        Command::Gc { dry_run, json } => {
+            runtime().and_then(|rt| rt.block_on(gc(&config, dry_run, json)))
+        }
+        Command::Fsck {
+            delete_orphans,
+            json,
+        } => runtime().and_then(|rt| rt.block_on(fsck(&config, delete_orphans, json))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -87,6 +113,71 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn gc(config: &Config, dry_run: bool, json: bool) -> anyhow::Result<()> {
+    let registry = wharf::open_registry(config).await?;
+    let policy = wharf::meta::GcPolicy::with_grace(config.gc.graceperiod, config.gc.deleteuntagged);
+    let report = wharf::gc::run(&registry, policy, dry_run).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    for m in &report.manifests {
+        println!("manifest {}@{} ({} bytes)", m.repository, m.digest, m.size);
+    }
+    for b in &report.blobs {
+        println!("blob {} ({} bytes)", b.digest, b.size);
+    }
+    println!(
+        "{verb} {} manifests, {} blob links, {} blobs; {} bytes freed; {} candidates examined in {} ms",
+        report.manifests_deleted,
+        report.links_deleted,
+        report.blobs_deleted,
+        report.bytes_freed,
+        report.candidates_examined,
+        report.duration_ms
+    );
+    Ok(())
+}
+
+async fn fsck(config: &Config, delete_orphans: bool, json: bool) -> anyhow::Result<()> {
+    let registry = wharf::open_registry(config).await?;
+    let report = wharf::fsck::run(
+        &registry,
+        delete_orphans,
+        std::time::Duration::from_secs(3600),
+    )
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for b in &report.orphans {
+            println!("orphan  {} ({} bytes)", b.digest, b.size);
+        }
+        for b in &report.missing {
+            println!("MISSING {} ({} bytes recorded)", b.digest, b.size);
+        }
+        for b in &report.size_mismatch {
+            println!("SIZE    {} (object has {} bytes)", b.digest, b.size);
+        }
+        println!(
+            "{} objects, {} rows: {} orphans ({} deleted), {} missing, {} size mismatches, {} pending GC deletion",
+            report.objects,
+            report.rows,
+            report.orphans.len(),
+            report.orphans_deleted,
+            report.missing.len(),
+            report.size_mismatch.len(),
+            report.pending_deletion
+        );
+    }
+    anyhow::ensure!(
+        report.missing.is_empty() && report.size_mismatch.is_empty(),
+        "storage and database disagree: objects are missing or damaged (see above)"
+    );
+    Ok(())
+}
+
 fn serve(config: Config) -> anyhow::Result<()> {
     actix_web::rt::System::new().block_on(async move {
         let registry = Arc::new(wharf::open_registry(&config).await?);
@@ -103,6 +194,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
             "wharf is serving"
         );
         wharf::spawn_maintenance(registry.clone(), &config);
+        if config.gc.enabled {
+            wharf::gc::spawn(registry.clone(), config.gc.interval, config.gc.graceperiod, config.gc.deleteuntagged);
+        }
         let server = wharf::http_server(registry, listener, config.http.workers, config.log.accesslog)?;
         server.await.context("HTTP server failed")
     })

@@ -12,8 +12,9 @@ use reqwest::Method;
 
 backend_tests!(
     sigkill_loses_nothing_acknowledged,
+    sigkill_during_gc_and_pushes,
     two_replicas_share_uploads_and_manifests,
-    upload_purging
+    upload_purging,
 );
 
 struct Process {
@@ -30,9 +31,14 @@ fn free_port() -> u16 {
 }
 
 async fn spawn(env: &TestEnv) -> Process {
+    spawn_with(env, &[]).await
+}
+
+async fn spawn_with(env: &TestEnv, extra: &[(&str, &str)]) -> Process {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
         .arg("serve")
+        .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
         .env("REGISTRY_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("REGISTRY_HTTP_WORKERS", "2")
         .env(
@@ -129,6 +135,126 @@ async fn sigkill_loses_nothing_acknowledged(b: Backend) {
             .unwrap(),
         data
     );
+}
+
+/// SIGKILL the server while it collects garbage continuously and clients push, and a
+/// `wharf gc` process in the middle of its run; again and again. After the last restart every
+/// acknowledged tag pulls and fsck finds nothing missing.
+async fn sigkill_during_gc_and_pushes(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let gc_env = [
+        ("REGISTRY_GC_INTERVAL", "10ms"),
+        ("REGISTRY_GC_GRACEPERIOD", "100ms"),
+    ];
+    let mut acknowledged: Vec<(String, images::Image)> = Vec::new();
+    for round in 0..4u64 {
+        let p = spawn_with(&env, &gc_env).await;
+        // Garbage for the collector: images pushed and untagged at once.
+        for k in 0..3 {
+            let junk = images::multiarch(
+                OCI_INDEX,
+                900 + round * 10 + k,
+                &["linux/amd64", "linux/arm64"],
+                2,
+                30_000,
+                &[],
+            );
+            let tag = format!("junk{k}");
+            p.client
+                .push_image_retrying("crashgc/app", &tag, &junk)
+                .await;
+            p.client
+                .delete(&format!("/v2/crashgc/app/manifests/{tag}"))
+                .await;
+        }
+        let keep = images::multiarch(
+            OCI_INDEX,
+            950 + round,
+            &["linux/amd64", "linux/arm64"],
+            2,
+            30_000,
+            &[],
+        );
+        let tag = format!("keep{round}");
+        p.client
+            .push_image_retrying("crashgc/app", &tag, &keep)
+            .await;
+        acknowledged.push((tag, keep));
+        tokio::time::sleep(Duration::from_millis(120)).await;
+
+        // A second collector, killed part-way through its run.
+        let mut gc = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["gc"])
+            .env("WHARF_DATABASE_URL", &env.db.url)
+            .env(
+                "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
+                env.dir.path().join("storage"),
+            )
+            .env("REGISTRY_GC_GRACEPERIOD", "0s")
+            .env("REGISTRY_LOG_LEVEL", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        // A push in flight when the server dies.
+        let c = p.client.clone();
+        let in_flight =
+            images::multiarch(OCI_INDEX, 980 + round, &["linux/amd64"], 3, 200_000, &[]);
+        let push = tokio::spawn(async move {
+            for blob in &in_flight.blobs {
+                let _ = c
+                    .req(
+                        Method::POST,
+                        &format!("/v2/crashgc/app/blobs/uploads/?digest={}", sha256(blob)),
+                    )
+                    .body(blob.clone())
+                    .send()
+                    .await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20 + 17 * round)).await;
+        unsafe { libc::kill(gc.id() as i32, libc::SIGKILL) };
+        let _ = gc.wait();
+        p.kill9();
+        let _ = push.await;
+    }
+
+    let p = spawn(&env).await;
+    for (tag, img) in &acknowledged {
+        p.client.pull_and_verify("crashgc/app", tag).await;
+        p.client.pull_and_verify("crashgc/app", &img.digest()).await;
+    }
+    // Finish whatever the killed collectors left marked, then compare storage and database.
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["gc"])
+        .env("WHARF_DATABASE_URL", &env.db.url)
+        .env(
+            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
+            env.dir.path().join("storage"),
+        )
+        .env("REGISTRY_GC_GRACEPERIOD", "0s")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["fsck", "--json"])
+        .env("WHARF_DATABASE_URL", &env.db.url)
+        .env(
+            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
+            env.dir.path().join("storage"),
+        )
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "fsck: {report}");
+    assert_eq!(report["missing"], serde_json::json!([]));
+    assert_eq!(report["pending_deletion"], 0);
+    for (tag, _) in &acknowledged {
+        p.client.pull_and_verify("crashgc/app", tag).await;
+    }
 }
 
 async fn two_replicas_share_uploads_and_manifests(b: Backend) {

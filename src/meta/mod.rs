@@ -5,8 +5,11 @@
 //! transaction starts, row-lock clauses, migrations, connection setup — lives in `sqlite.rs`
 //! and `postgres.rs`. Callers never learn which database they talk to.
 
+mod gc;
 mod postgres;
 mod sqlite;
+
+pub use gc::{BlobDelete, GcBlob, GcManifest, GcPlan, GcPolicy};
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -254,6 +257,31 @@ impl MetaStore {
         Ok(row.map(|r| r.get::<i64, _>(0) as u64))
     }
 
+    /// Every blob row: digest, size, status (fsck).
+    pub async fn all_blobs(&self) -> anyhow::Result<Vec<(Digest, u64, String)>> {
+        let rows = sqlx::query("SELECT digest, size, status FROM blobs ORDER BY digest")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    digest_col(r, "digest")?,
+                    r.try_get::<i64, _>(1)? as u64,
+                    r.try_get(2)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Whether a row exists for the blob, whatever its status.
+    pub async fn blob_row_exists(&self, digest: &Digest) -> anyhow::Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM blobs WHERE digest = $1")
+            .bind(digest.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     pub async fn repository_exists(&self, repo: &RepoName) -> anyhow::Result<bool> {
         let row = sqlx::query("SELECT 1 FROM repositories WHERE name = $1")
             .bind(repo.as_str())
@@ -482,44 +510,57 @@ impl MetaStore {
         size: u64,
     ) -> anyhow::Result<BlobCommit> {
         let mut tx = self.begin_write().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO blobs (digest, size, status, created_at) VALUES ($1, $2, 'active', $3)
-             ON CONFLICT (digest) DO NOTHING",
-        )
-        .bind(digest.as_str())
-        .bind(size as i64)
-        .bind(now_ms())
-        .execute(&mut *tx.tx)
-        .await?
-        .rows_affected()
-            == 1;
-        let needs_object = if inserted {
-            true
-        } else {
+        // A few rounds at most: a row can vanish between our insert and our lock only when GC
+        // finishes deleting it in between, and then the next insert succeeds.
+        for _ in 0..5 {
+            let inserted = sqlx::query(
+                "INSERT INTO blobs (digest, size, status, created_at) VALUES ($1, $2, 'active', $3)
+                 ON CONFLICT (digest) DO NOTHING",
+            )
+            .bind(digest.as_str())
+            .bind(size as i64)
+            .bind(now_ms())
+            .execute(&mut *tx.tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if inserted {
+                return Ok(BlobCommit {
+                    tx,
+                    needs_object: true,
+                });
+            }
             let sql = format!(
                 "SELECT status FROM blobs WHERE digest = $1{}",
                 tx.dialect.lock_update()
             );
-            let status: String = sqlx::query(&sql)
+            let Some(row) = sqlx::query(&sql)
                 .bind(digest.as_str())
-                .fetch_one(&mut *tx.tx)
+                .fetch_optional(&mut *tx.tx)
                 .await?
-                .try_get(0)?;
-            if status != "active" {
-                // GC has committed to deleting this object; the upload brings it back.
-                sqlx::query(
-                    "UPDATE blobs SET status = 'active', created_at = $2 WHERE digest = $1",
-                )
+            else {
+                continue;
+            };
+            let status: String = row.try_get(0)?;
+            if status == "active" {
+                return Ok(BlobCommit {
+                    tx,
+                    needs_object: false,
+                });
+            }
+            // GC has committed to deleting this object and may have removed it already; the
+            // upload writes it again, under this row lock, and revives the row.
+            sqlx::query("UPDATE blobs SET status = 'active', created_at = $2 WHERE digest = $1")
                 .bind(digest.as_str())
                 .bind(now_ms())
                 .execute(&mut *tx.tx)
                 .await?;
-                true
-            } else {
-                false
-            }
-        };
-        Ok(BlobCommit { tx, needs_object })
+            return Ok(BlobCommit {
+                tx,
+                needs_object: true,
+            });
+        }
+        anyhow::bail!("blob {digest} kept changing under the upload; retry")
     }
 
     /// Links a stored blob into `repo` (a cross-repository mount). Returns its size, or None if
@@ -634,11 +675,15 @@ impl MetaStore {
             }
         }
 
-        let inserted = sqlx::query(
+        // A re-push of a stored manifest refreshes its age (GC's grace period counts from the
+        // latest push) and, on PostgreSQL, locks its row: if GC is deleting it, this waits and
+        // then inserts it afresh. Edges are idempotent, so both paths write them.
+        let manifest_id: i64 = sqlx::query(
             "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, config_digest, subject_digest,
                                     payload, total_size, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (repository_id, digest) DO NOTHING RETURNING id",
+             ON CONFLICT (repository_id, digest) DO UPDATE SET created_at = excluded.created_at
+             RETURNING id",
         )
         .bind(repo_id)
         .bind(m.digest.as_str())
@@ -649,24 +694,11 @@ impl MetaStore {
         .bind(m.payload)
         .bind(m.payload.len() as i64 + referenced_size)
         .bind(now)
-        .fetch_optional(&mut *tx.tx)
-        .await?;
-        let manifest_id = match inserted {
-            Some(row) => {
-                let id: i64 = row.try_get(0)?;
-                tx.insert_edges(id, repo_id, m.blobs, &child_ids).await?;
-                id
-            }
-            // Already stored (same bytes, same digest): its edges were written with it.
-            None => {
-                sqlx::query("SELECT id FROM manifests WHERE repository_id = $1 AND digest = $2")
-                    .bind(repo_id)
-                    .bind(m.digest.as_str())
-                    .fetch_one(&mut *tx.tx)
-                    .await?
-                    .try_get(0)?
-            }
-        };
+        .fetch_one(&mut *tx.tx)
+        .await?
+        .try_get(0)?;
+        tx.insert_edges(manifest_id, repo_id, m.blobs, &child_ids)
+            .await?;
 
         if let Some(tag) = m.tag {
             sqlx::query(
@@ -772,7 +804,7 @@ impl WriteTx {
     async fn link(&mut self, repo_id: i64, digest: &Digest) -> anyhow::Result<()> {
         sqlx::query(
             "INSERT INTO repository_blobs (repository_id, blob_digest, created_at) VALUES ($1, $2, $3)
-             ON CONFLICT (repository_id, blob_digest) DO NOTHING",
+             ON CONFLICT (repository_id, blob_digest) DO UPDATE SET created_at = excluded.created_at",
         )
         .bind(repo_id)
         .bind(digest.as_str())
@@ -796,7 +828,8 @@ impl WriteTx {
                 .collect::<Vec<_>>()
                 .join(", ");
             let sql = format!(
-                "INSERT INTO manifest_blobs (manifest_id, repository_id, blob_digest) VALUES {values}"
+                "INSERT INTO manifest_blobs (manifest_id, repository_id, blob_digest) VALUES {values}
+                 ON CONFLICT (manifest_id, blob_digest) DO NOTHING"
             );
             let mut q = sqlx::query(&sql).bind(manifest_id).bind(repo_id);
             for d in chunk {
@@ -809,8 +842,10 @@ impl WriteTx {
                 .map(|i| format!("($1, ${})", i + 2))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let sql =
-                format!("INSERT INTO manifest_children (parent_id, child_id) VALUES {values}");
+            let sql = format!(
+                "INSERT INTO manifest_children (parent_id, child_id) VALUES {values}
+                 ON CONFLICT (parent_id, child_id) DO NOTHING"
+            );
             let mut q = sqlx::query(&sql).bind(manifest_id);
             for id in chunk {
                 q = q.bind(*id);

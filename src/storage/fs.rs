@@ -266,6 +266,47 @@ impl FsDriver {
         }
     }
 
+    /// Every blob object, with its size and how long ago it was put in place (ctime: a
+    /// rename sets it). Only fsck walks storage.
+    pub(super) async fn list_blobs(&self) -> StorageResult<Vec<super::StoredObject>> {
+        let base = self.root.join("docker/registry/v2/blobs/sha256");
+        let objects = blocking(move || {
+            use std::os::unix::fs::MetadataExt;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let mut out = Vec::new();
+            let prefixes = match std::fs::read_dir(&base) {
+                Ok(d) => d,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(out),
+                Err(e) => return Err(e),
+            };
+            for prefix in prefixes {
+                let prefix = prefix?;
+                for entry in std::fs::read_dir(prefix.path())? {
+                    let entry = entry?;
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let Ok(digest) = format!("sha256:{name}").parse::<Digest>() else {
+                        continue;
+                    };
+                    match std::fs::metadata(entry.path().join("data")) {
+                        Ok(m) => out.push(super::StoredObject {
+                            digest,
+                            size: m.len(),
+                            age_secs: (now - m.ctime()).max(0) as u64,
+                        }),
+                        Err(e) if e.kind() == ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+        Ok(objects)
+    }
+
     pub(super) async fn blob_delete(&self, digest: &Digest) -> StorageResult<()> {
         let path = self.blob_path(digest);
         blocking(move || {

@@ -44,6 +44,15 @@ pub struct Appended {
     pub written: u64,
 }
 
+/// A blob object found in storage.
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    pub digest: Digest,
+    pub size: u64,
+    /// Seconds since the object was put in place.
+    pub age_secs: u64,
+}
+
 /// Held while one request writes to an upload; other requests for the same upload wait.
 pub struct UploadLock {
     inner: fs::UploadFile,
@@ -134,6 +143,13 @@ impl BlobStore {
     pub async fn blob_stat(&self, digest: &Digest) -> StorageResult<Option<u64>> {
         match self {
             BlobStore::Filesystem(d) => d.blob_stat(digest).await,
+        }
+    }
+
+    /// Every blob object in storage (fsck only; nothing on a request path lists storage).
+    pub async fn list_blobs(&self) -> StorageResult<Vec<StoredObject>> {
+        match self {
+            BlobStore::Filesystem(d) => d.list_blobs().await,
         }
     }
 

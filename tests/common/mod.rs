@@ -187,6 +187,10 @@ impl TestServer {
     pub async fn start(config: Config) -> Self {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let root = config.storage.filesystem.clone().unwrap().rootdirectory;
+        let gc = config.gc.clone();
+        // The collector runs only where a test asks for it (it would race the assertions of
+        // the others); `wharf serve` runs it by default.
+        let gc_enabled = config.gc.interval < Duration::from_secs(1);
         let thread = std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
                 let registry =
@@ -194,6 +198,14 @@ impl TestServer {
                 let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
                 let port = listener.local_addr().unwrap().port();
                 let server = wharf::http_server(registry.clone(), listener, 2, false).unwrap();
+                if gc_enabled {
+                    wharf::gc::spawn(
+                        registry.clone(),
+                        gc.interval,
+                        gc.graceperiod,
+                        gc.deleteuntagged,
+                    );
+                }
                 tx.send((server.handle(), registry, port)).ok().unwrap();
                 server.await.unwrap();
             })
@@ -399,6 +411,36 @@ impl Client {
         }
         self.push_manifest(repo, tag, &image.media_type, &image.manifest)
             .await
+    }
+
+    /// Pushes an image, retrying when GC collected parts of it before the manifest arrived
+    /// (the registry refuses such a push; it never accepts one referencing collected data).
+    /// Returns how many attempts were refused.
+    pub async fn push_image_retrying(&self, repo: &str, tag: &str, img: &images::Image) -> u32 {
+        'attempt: for attempt in 0..50 {
+            for blob in &img.blobs {
+                self.push_blob(repo, blob).await;
+            }
+            for (mt, child) in &img.children {
+                let r = self.put_manifest(repo, &sha256(child), mt, child).await;
+                if r.status() != StatusCode::CREATED {
+                    assert_eq!(error_code(r).await, "MANIFEST_BLOB_UNKNOWN");
+                    continue 'attempt;
+                }
+            }
+            let r = self
+                .put_manifest(repo, tag, &img.media_type, &img.manifest)
+                .await;
+            if r.status() == StatusCode::CREATED {
+                return attempt;
+            }
+            assert_eq!(
+                error_code(r).await,
+                "MANIFEST_BLOB_UNKNOWN",
+                "only a collected blob may refuse a push"
+            );
+        }
+        panic!("{repo}:{tag} could not be pushed in 50 attempts");
     }
 
     pub async fn blob_bytes(&self, repo: &str, digest: &str) -> Option<Vec<u8>> {

@@ -1,0 +1,186 @@
+//! Online garbage collection: the run loop, batching, storage deletion and the report. What
+//! counts as garbage, and the locking that makes deletion safe while pushes go on, is SQL in
+//! `meta/gc.rs`; the protocol and its argument are in docs/gc.md.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::meta::{GcBlob, GcManifest, GcPolicy};
+use crate::registry::Registry;
+
+const BATCH: i64 = 200;
+/// Object deletions in flight at once within a batch.
+const DELETE_CONCURRENCY: usize = 16;
+
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    /// Rows looked at as candidates (manifests and blobs).
+    pub candidates_examined: u64,
+    pub manifests_deleted: u64,
+    pub links_deleted: u64,
+    pub blobs_deleted: u64,
+    pub bytes_freed: u64,
+    pub duration_ms: u64,
+    pub manifests: Vec<ReportManifest>,
+    pub blobs: Vec<ReportBlob>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReportManifest {
+    pub repository: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReportBlob {
+    pub digest: String,
+    pub size: u64,
+}
+
+impl From<GcManifest> for ReportManifest {
+    fn from(m: GcManifest) -> Self {
+        ReportManifest {
+            repository: m.repository,
+            digest: m.digest.to_string(),
+            size: m.size,
+        }
+    }
+}
+
+impl From<GcBlob> for ReportBlob {
+    fn from(b: GcBlob) -> Self {
+        ReportBlob {
+            digest: b.digest.to_string(),
+            size: b.size,
+        }
+    }
+}
+
+/// One GC run. With `dry_run`, reports what would go and changes nothing.
+pub async fn run(registry: &Registry, policy: GcPolicy, dry_run: bool) -> anyhow::Result<GcReport> {
+    let started = Instant::now();
+    let meta = &registry.meta;
+    let mut report = GcReport {
+        dry_run,
+        ..Default::default()
+    };
+    if dry_run {
+        let plan = meta.gc_plan(&policy).await?;
+        report.candidates_examined = (plan.manifests.len() + plan.blobs.len()) as u64;
+        report.manifests_deleted = plan.manifests.len() as u64;
+        report.links_deleted = plan.links;
+        report.blobs_deleted = plan.blobs.len() as u64;
+        report.bytes_freed = plan.blobs.iter().map(|b| b.size).sum();
+        report.manifests = plan.manifests.into_iter().map(Into::into).collect();
+        report.blobs = plan.blobs.into_iter().map(Into::into).collect();
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        return Ok(report);
+    }
+
+    // Manifests, until nothing more goes: deleting an index frees its children, deleting a
+    // subject frees its referrers.
+    loop {
+        let ids = meta.gc_manifest_candidates(&policy, BATCH).await?;
+        report.candidates_examined += ids.len() as u64;
+        if ids.is_empty() {
+            break;
+        }
+        let deleted = meta.gc_delete_manifests(&ids, &policy).await?;
+        if deleted.is_empty() {
+            break; // every candidate was claimed by a concurrent push
+        }
+        report.manifests_deleted += deleted.len() as u64;
+        report.manifests.extend(deleted.into_iter().map(Into::into));
+    }
+
+    report.links_deleted = meta.gc_delete_links(&policy).await?;
+
+    // Blobs: finish what an interrupted run left marked, then mark and delete new garbage.
+    delete_marked_blobs(registry, &mut report).await?;
+    loop {
+        let candidates = meta.gc_blob_candidates(&policy, BATCH).await?;
+        report.candidates_examined += candidates.len() as u64;
+        if candidates.is_empty() {
+            break;
+        }
+        let marked = meta.gc_mark_blobs(&candidates, &policy).await?;
+        delete_marked_blobs(registry, &mut report).await?;
+        if marked == 0 {
+            break;
+        }
+    }
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// Phase 2 for every blob marked `deleting`: objects first, under the row locks, then rows.
+async fn delete_marked_blobs(registry: &Registry, report: &mut GcReport) -> anyhow::Result<()> {
+    loop {
+        let batch = registry.meta.gc_begin_blob_delete(BATCH).await?;
+        if batch.blobs().is_empty() {
+            batch.finish().await?;
+            return Ok(());
+        }
+        let storage = &registry.storage;
+        let deletions = batch
+            .blobs()
+            .iter()
+            .map(|b| b.digest.clone())
+            .map(|d| async move { storage.blob_delete(&d).await });
+        let results: Vec<_> = futures_util::stream::iter(deletions)
+            .buffer_unordered(DELETE_CONCURRENCY)
+            .collect()
+            .await;
+        for r in results {
+            // Any failure leaves the rows `deleting`; the next run tries again.
+            r?;
+        }
+        let blobs: Vec<GcBlob> = batch.blobs().to_vec();
+        batch.finish().await?;
+        report.blobs_deleted += blobs.len() as u64;
+        report.bytes_freed += blobs.iter().map(|b| b.size).sum::<u64>();
+        report.blobs.extend(blobs.into_iter().map(Into::into));
+    }
+}
+
+/// The background collector inside `wharf serve` (on the server's actix system).
+pub fn spawn(
+    registry: std::sync::Arc<Registry>,
+    interval: Duration,
+    grace: Duration,
+    delete_untagged: bool,
+) {
+    actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let policy = GcPolicy::with_grace(grace, delete_untagged);
+            match run(&registry, policy, false).await {
+                Ok(r) => log_report(&r),
+                Err(e) => tracing::warn!(
+                    error = format!("{e:#}"),
+                    "garbage collection failed; will retry"
+                ),
+            }
+        }
+    });
+}
+
+pub fn log_report(r: &GcReport) {
+    tracing::info!(
+        target: "wharf::gc",
+        dry_run = r.dry_run,
+        candidates_examined = r.candidates_examined,
+        manifests_deleted = r.manifests_deleted,
+        links_deleted = r.links_deleted,
+        blobs_deleted = r.blobs_deleted,
+        bytes_freed = r.bytes_freed,
+        duration_ms = r.duration_ms,
+        "garbage collection run"
+    );
+}

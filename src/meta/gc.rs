@@ -1,0 +1,365 @@
+//! Garbage collection in SQL: which rows are garbage, and deleting them so that no
+//! acknowledged manifest can ever reference a blob whose object is gone. The protocol and the
+//! argument are in docs/gc.md; every step here names the rule it implements.
+//!
+//! Rule L (lock, then look): every deletion first locks the rows it will delete in one
+//! statement, and only then, in a *new* statement, re-checks that they are garbage. On
+//! PostgreSQL at READ COMMITTED a new statement sees everything committed before the lock was
+//! granted, including the edges of a manifest PUT that held the row `FOR SHARE`; a single
+//! `SELECT … WHERE NOT EXISTS … FOR UPDATE` would not (its subqueries keep the old snapshot).
+//! On SQLite the write transaction holds the database's write lock, which is stronger.
+
+use sqlx::Row;
+
+use super::{MetaStore, WriteTx, digest_col, now_ms, placeholders};
+use crate::oci::Digest;
+
+/// What counts as garbage in one run.
+#[derive(Debug, Clone, Copy)]
+pub struct GcPolicy {
+    /// Rows created (pushed, linked) after this instant (Unix ms) are never garbage.
+    pub cutoff_ms: i64,
+    /// Untagged manifests that no index lists are garbage.
+    pub delete_untagged: bool,
+}
+
+impl GcPolicy {
+    pub fn with_grace(grace: std::time::Duration, delete_untagged: bool) -> Self {
+        GcPolicy {
+            cutoff_ms: now_ms() - grace.as_millis() as i64,
+            delete_untagged,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GcManifest {
+    pub repository: String,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GcBlob {
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// What a run would delete (dry run).
+#[derive(Debug, Default)]
+pub struct GcPlan {
+    pub manifests: Vec<GcManifest>,
+    pub links: u64,
+    pub blobs: Vec<GcBlob>,
+}
+
+/// A manifest is garbage, judged from its own row and its direct neighbours:
+/// old enough, untagged, listed by no index, and either a referrer whose subject is gone from
+/// its repository or (with delete_untagged) not a referrer at all. The manifest graph is a DAG
+/// (a digest cannot contain itself), so applying this until nothing changes deletes exactly
+/// what is unreachable from the roots (see `plan`).
+const MANIFEST_IS_GARBAGE: &str = "m.created_at < $1
+    AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id)
+    AND NOT EXISTS (SELECT 1 FROM manifest_children c WHERE c.child_id = m.id)
+    AND ((m.subject_digest IS NULL AND $2 = 1)
+      OR (m.subject_digest IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM manifests s WHERE s.repository_id = m.repository_id AND s.digest = m.subject_digest)))";
+
+/// A blob is garbage: stored, old enough, linked to no repository, referenced by no manifest.
+const BLOB_IS_GARBAGE: &str = "b.status = 'active' AND b.created_at < $1
+    AND NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.blob_digest = b.digest)
+    AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob_digest = b.digest)";
+
+/// A link is garbage: old enough and no manifest of its repository references the blob.
+const LINK_IS_GARBAGE: &str = "rb.created_at < $1
+    AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb
+                    WHERE mb.repository_id = rb.repository_id AND mb.blob_digest = rb.blob_digest)";
+
+/// Blob rows whose deletion was committed (phase 1) but not finished (phase 2).
+pub struct BlobDelete {
+    tx: WriteTx,
+    digests: Vec<GcBlob>,
+}
+
+impl BlobDelete {
+    /// The blobs whose objects must be deleted before `finish`.
+    pub fn blobs(&self) -> &[GcBlob] {
+        &self.digests
+    }
+
+    /// Deletes the rows (their objects are gone) and commits.
+    pub async fn finish(mut self) -> anyhow::Result<()> {
+        if !self.digests.is_empty() {
+            let sql = format!(
+                "DELETE FROM blobs WHERE status = 'deleting' AND digest IN ({})",
+                placeholders(1, self.digests.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for b in &self.digests {
+                q = q.bind(b.digest.as_str());
+            }
+            q.execute(&mut *self.tx.tx).await?;
+        }
+        self.tx.commit().await
+    }
+}
+
+fn policy_flag(p: &GcPolicy) -> i64 {
+    i64::from(p.delete_untagged)
+}
+
+impl MetaStore {
+    /// Up to `limit` manifests that look like garbage now (unlocked; `gc_delete_manifests`
+    /// re-checks).
+    pub async fn gc_manifest_candidates(
+        &self,
+        p: &GcPolicy,
+        limit: i64,
+    ) -> anyhow::Result<Vec<i64>> {
+        let sql = format!(
+            "SELECT m.id FROM manifests m WHERE {MANIFEST_IS_GARBAGE} ORDER BY m.id LIMIT $3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(p.cutoff_ms)
+            .bind(policy_flag(p))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| r.get::<i64, _>(0)).collect())
+    }
+
+    /// Deletes those of `ids` that are still garbage once locked (rule L). Returns them.
+    pub async fn gc_delete_manifests(
+        &self,
+        ids: &[i64],
+        p: &GcPolicy,
+    ) -> anyhow::Result<Vec<GcManifest>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin_write().await?;
+        let lock = format!(
+            "SELECT id FROM manifests WHERE id IN ({}) ORDER BY id{}",
+            placeholders(1, ids.len()),
+            tx.dialect.lock_update()
+        );
+        let mut q = sqlx::query(&lock);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        q.fetch_all(&mut *tx.tx).await?;
+
+        let mut deleted = Vec::new();
+        // One at a time, so that a parent deleted earlier in the batch frees its children.
+        for id in ids {
+            let check = format!(
+                "SELECT r.name, m.digest, m.total_size FROM manifests m JOIN repositories r ON r.id = m.repository_id
+                 WHERE m.id = $3 AND {MANIFEST_IS_GARBAGE}"
+            );
+            let row = sqlx::query(&check)
+                .bind(p.cutoff_ms)
+                .bind(policy_flag(p))
+                .bind(*id)
+                .fetch_optional(&mut *tx.tx)
+                .await?;
+            let Some(row) = row else { continue };
+            sqlx::query("DELETE FROM manifests WHERE id = $1")
+                .bind(*id)
+                .execute(&mut *tx.tx)
+                .await?;
+            deleted.push(GcManifest {
+                repository: row.try_get(0)?,
+                digest: digest_col(&row, "digest")?,
+                size: row.try_get::<i64, _>(2)? as u64,
+            });
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    /// Removes links that nothing in their repository references. Returns how many.
+    pub async fn gc_delete_links(&self, p: &GcPolicy) -> anyhow::Result<u64> {
+        let mut tx = self.begin_write().await?;
+        // Removing a link never endangers a blob: the blob itself is only deleted after its
+        // own locked re-check, and a repository whose manifest references the blob serves it
+        // through that edge, link or not.
+        let sql = format!(
+            "DELETE FROM repository_blobs WHERE (repository_id, blob_digest) IN (
+                 SELECT rb.repository_id, rb.blob_digest FROM repository_blobs rb WHERE {LINK_IS_GARBAGE})"
+        );
+        let done = sqlx::query(&sql)
+            .bind(p.cutoff_ms)
+            .execute(&mut *tx.tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Up to `limit` blobs that look like garbage now (unlocked).
+    pub async fn gc_blob_candidates(
+        &self,
+        p: &GcPolicy,
+        limit: i64,
+    ) -> anyhow::Result<Vec<Digest>> {
+        let sql = format!(
+            "SELECT b.digest FROM blobs b WHERE {BLOB_IS_GARBAGE} ORDER BY b.digest LIMIT $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(p.cutoff_ms)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| digest_col(r, "digest")).collect()
+    }
+
+    /// Phase 1: marks those of `digests` that are still garbage once locked (rule L) as
+    /// `deleting`, and commits. From then on no request can use them: readers, mounts and
+    /// manifest PUTs only see `active` blobs.
+    pub async fn gc_mark_blobs(&self, digests: &[Digest], p: &GcPolicy) -> anyhow::Result<u64> {
+        if digests.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin_write().await?;
+        let lock = format!(
+            "SELECT digest FROM blobs WHERE digest IN ({}) ORDER BY digest{}",
+            placeholders(1, digests.len()),
+            tx.dialect.lock_update()
+        );
+        let mut q = sqlx::query(&lock);
+        for d in digests {
+            q = q.bind(d.as_str());
+        }
+        q.fetch_all(&mut *tx.tx).await?;
+        let mark = format!(
+            "UPDATE blobs SET status = 'deleting' WHERE digest IN (
+                 SELECT b.digest FROM blobs b WHERE b.digest IN ({}) AND {BLOB_IS_GARBAGE})",
+            placeholders(2, digests.len())
+        );
+        let mut q = sqlx::query(&mark).bind(p.cutoff_ms);
+        for d in digests {
+            q = q.bind(d.as_str());
+        }
+        let marked = q.execute(&mut *tx.tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(marked)
+    }
+
+    /// Phase 2: locks up to `limit` blobs marked `deleting` (including those a crashed run
+    /// left behind). The caller deletes their objects while the lock is held, then calls
+    /// `finish`. A blob an upload revived meanwhile is `active` again and is not returned.
+    pub async fn gc_begin_blob_delete(&self, limit: i64) -> anyhow::Result<BlobDelete> {
+        let mut tx = self.begin_write().await?;
+        let lock = format!(
+            "SELECT digest FROM blobs WHERE status = 'deleting' ORDER BY digest LIMIT $1{}",
+            tx.dialect.lock_update()
+        );
+        let locked = sqlx::query(&lock)
+            .bind(limit)
+            .fetch_all(&mut *tx.tx)
+            .await?;
+        let mut digests = Vec::new();
+        if !locked.is_empty() {
+            let check = format!(
+                "SELECT digest, size FROM blobs WHERE status = 'deleting' AND digest IN ({})",
+                placeholders(1, locked.len())
+            );
+            let mut q = sqlx::query(&check);
+            for r in &locked {
+                q = q.bind(r.get::<String, _>(0));
+            }
+            for r in q.fetch_all(&mut *tx.tx).await? {
+                digests.push(GcBlob {
+                    digest: digest_col(&r, "digest")?,
+                    size: r.try_get::<i64, _>(1)? as u64,
+                });
+            }
+        }
+        Ok(BlobDelete { tx, digests })
+    }
+
+    /// Everything a run with policy `p` would delete, computed in one pass from the roots
+    /// (tagged manifests, manifests younger than the cutoff, and — without delete_untagged —
+    /// every manifest that is not a referrer) by following child and subject edges. It is
+    /// computed independently of the deleting path, and tests hold the two to each other.
+    pub async fn gc_plan(&self, p: &GcPolicy) -> anyhow::Result<GcPlan> {
+        const KEPT: &str = "WITH RECURSIVE edges(parent, child) AS (
+                SELECT parent_id, child_id FROM manifest_children
+                UNION ALL
+                SELECT s.id, m.id FROM manifests m
+                  JOIN manifests s ON s.repository_id = m.repository_id AND s.digest = m.subject_digest
+            ),
+            kept(id) AS (
+                SELECT m.id FROM manifests m
+                 WHERE m.created_at >= $1
+                    OR EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id)
+                    OR (m.subject_digest IS NULL AND $2 = 0)
+                UNION
+                SELECT e.child FROM edges e JOIN kept k ON e.parent = k.id
+            )";
+        let sql = format!(
+            "{KEPT} SELECT r.name, m.digest, m.total_size FROM manifests m JOIN repositories r ON r.id = m.repository_id
+             WHERE m.id NOT IN (SELECT id FROM kept) ORDER BY r.name, m.digest"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(p.cutoff_ms)
+            .bind(policy_flag(p))
+            .fetch_all(&self.pool)
+            .await?;
+        let manifests = rows
+            .iter()
+            .map(|r| {
+                Ok(GcManifest {
+                    repository: r.try_get(0)?,
+                    digest: digest_col(r, "digest")?,
+                    size: r.try_get::<i64, _>(2)? as u64,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+
+        // Edges that survive: those of kept manifests.
+        let live_edges = "SELECT mb.repository_id, mb.blob_digest FROM manifest_blobs mb WHERE mb.manifest_id IN (SELECT id FROM kept)";
+        let links_sql = format!(
+            "{KEPT}, live(repository_id, blob_digest) AS ({live_edges})
+             SELECT COUNT(*) FROM repository_blobs rb
+             WHERE rb.created_at < $1 AND NOT EXISTS (
+                 SELECT 1 FROM live l WHERE l.repository_id = rb.repository_id AND l.blob_digest = rb.blob_digest)"
+        );
+        let links: i64 = sqlx::query(&links_sql)
+            .bind(p.cutoff_ms)
+            .bind(policy_flag(p))
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        let blobs_sql = format!(
+            "{KEPT}, live(repository_id, blob_digest) AS ({live_edges})
+             SELECT b.digest, b.size FROM blobs b
+             WHERE b.status = 'deleting'
+                OR (b.created_at < $1
+                    AND NOT EXISTS (SELECT 1 FROM live l WHERE l.blob_digest = b.digest)
+                    AND NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.blob_digest = b.digest
+                                    AND (rb.created_at >= $1 OR EXISTS (
+                                        SELECT 1 FROM live l WHERE l.repository_id = rb.repository_id
+                                                                AND l.blob_digest = rb.blob_digest))))
+             ORDER BY b.digest"
+        );
+        let rows = sqlx::query(&blobs_sql)
+            .bind(p.cutoff_ms)
+            .bind(policy_flag(p))
+            .fetch_all(&self.pool)
+            .await?;
+        let blobs = rows
+            .iter()
+            .map(|r| {
+                Ok(GcBlob {
+                    digest: digest_col(r, "digest")?,
+                    size: r.try_get::<i64, _>(1)? as u64,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(GcPlan {
+            manifests,
+            links: links as u64,
+            blobs,
+        })
+    }
+}
