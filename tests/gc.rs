@@ -329,16 +329,16 @@ async fn fsck_finds_orphans_and_missing_objects(b: Backend) {
 
 /// Several clients push multi-arch images sharing layers, delete tags and push the same
 /// content again, while GC runs continuously (every 20 ms inside the server, and in a loop
-/// from a second process). The grace period is 250 ms: with none, the collector may take a
+/// from a second process). The grace period is 500 ms: with none, the collector may take a
 /// push's blobs before its manifest arrives on every attempt (the registry then refuses the
-/// manifest, correctly, and the client never gets through). 250 ms is shorter than anything
+/// manifest, correctly, and the client never gets through). 500 ms is shorter than anything
 /// an operator would configure, so untagged images are collected while clients are re-pushing
 /// the very same blobs: marks race uploads, deletions race manifest PUTs and mounts. A push may
 /// be refused and retried; every tag that was acknowledged must pull completely, during the
 /// run and after it, and storage and database must agree at the end.
 async fn torture_concurrent_pushes_deletes_and_gc(b: Backend) {
     let env = TestEnv::new(b).await;
-    let grace = "250ms";
+    let grace = "500ms";
     let s = env
         .start_with(&[
             ("REGISTRY_GC_INTERVAL", "20ms"),
@@ -416,7 +416,7 @@ async fn torture_concurrent_pushes_deletes_and_gc(b: Backend) {
                     c.pull_and_verify(&repo, t).await;
                 }
                 // Let the collector catch up with what was just untagged.
-                tokio::time::sleep(Duration::from_millis(100 + 50 * (client_id % 3))).await;
+                tokio::time::sleep(Duration::from_millis(150 + 75 * (client_id % 3))).await;
             }
             (repo, live, refused)
         }));
@@ -436,10 +436,10 @@ async fn torture_concurrent_pushes_deletes_and_gc(b: Backend) {
     }
     assert!(gc_runs > 0);
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(550)).await;
     let last = gc::run(
         &s.registry,
-        GcPolicy::with_grace(Duration::from_millis(250), true),
+        GcPolicy::with_grace(Duration::from_millis(500), true),
         false,
     )
     .await

@@ -180,7 +180,8 @@ async fn sigkill_during_gc_and_pushes(b: Backend) {
             .push_image_retrying("crashgc/app", &tag, &keep)
             .await;
         acknowledged.push((tag, keep));
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        // Past the grace period: the collector is deleting this round's junk when we kill it.
+        tokio::time::sleep(Duration::from_millis(420)).await;
 
         // A second collector, killed part-way through its run.
         let mut gc = Command::new(env!("CARGO_BIN_EXE_wharf"))

@@ -10,7 +10,10 @@ use serde::Serialize;
 use crate::meta::{GcBlob, GcManifest, GcPolicy};
 use crate::registry::Registry;
 
-const BATCH: i64 = 200;
+/// Rows locked and deleted per transaction.
+const BATCH: usize = 200;
+/// Candidates fetched per scan; a run rescans only when a scan filled it.
+const SCAN: i64 = 50_000;
 /// Object deletions in flight at once within a batch.
 const DELETE_CONCURRENCY: usize = 16;
 
@@ -84,32 +87,37 @@ pub async fn run(registry: &Registry, policy: GcPolicy, dry_run: bool) -> anyhow
     // Manifests, until nothing more goes: deleting an index frees its children, deleting a
     // subject frees its referrers.
     loop {
-        let ids = meta.gc_manifest_candidates(&policy, BATCH).await?;
+        let ids = meta.gc_manifest_candidates(&policy, SCAN).await?;
         report.candidates_examined += ids.len() as u64;
-        if ids.is_empty() {
-            break;
+        let mut progress = false;
+        for batch in ids.chunks(BATCH) {
+            let deleted = meta.gc_delete_manifests(batch, &policy).await?;
+            progress |= !deleted.is_empty();
+            report.manifests_deleted += deleted.len() as u64;
+            report.manifests.extend(deleted.into_iter().map(Into::into));
         }
-        let deleted = meta.gc_delete_manifests(&ids, &policy).await?;
-        if deleted.is_empty() {
-            break; // every candidate was claimed by a concurrent push
+        if !progress {
+            break; // nothing left, or every candidate was claimed by a concurrent push
         }
-        report.manifests_deleted += deleted.len() as u64;
-        report.manifests.extend(deleted.into_iter().map(Into::into));
     }
 
+    tracing::debug!(target: "wharf::gc", ms = started.elapsed().as_millis() as u64, "manifests done");
     report.links_deleted = meta.gc_delete_links(&policy).await?;
+    tracing::debug!(target: "wharf::gc", ms = started.elapsed().as_millis() as u64, "links done");
 
     // Blobs: finish what an interrupted run left marked, then mark and delete new garbage.
     delete_marked_blobs(registry, &mut report).await?;
+    tracing::debug!(target: "wharf::gc", ms = started.elapsed().as_millis() as u64, "leftover blobs done");
     loop {
-        let candidates = meta.gc_blob_candidates(&policy, BATCH).await?;
+        let candidates = meta.gc_blob_candidates(&policy, SCAN).await?;
+        tracing::debug!(target: "wharf::gc", ms = started.elapsed().as_millis() as u64, n = candidates.len(), "blob candidates");
         report.candidates_examined += candidates.len() as u64;
-        if candidates.is_empty() {
-            break;
+        let mut marked = 0;
+        for batch in candidates.chunks(BATCH) {
+            marked += meta.gc_mark_blobs(batch, &policy).await?;
+            delete_marked_blobs(registry, &mut report).await?;
         }
-        let marked = meta.gc_mark_blobs(&candidates, &policy).await?;
-        delete_marked_blobs(registry, &mut report).await?;
-        if marked == 0 {
+        if marked == 0 || (candidates.len() as i64) < SCAN {
             break;
         }
     }
@@ -120,7 +128,7 @@ pub async fn run(registry: &Registry, policy: GcPolicy, dry_run: bool) -> anyhow
 /// Phase 2 for every blob marked `deleting`: objects first, under the row locks, then rows.
 async fn delete_marked_blobs(registry: &Registry, report: &mut GcReport) -> anyhow::Result<()> {
     loop {
-        let batch = registry.meta.gc_begin_blob_delete(BATCH).await?;
+        let batch = registry.meta.gc_begin_blob_delete(BATCH as i64).await?;
         if batch.blobs().is_empty() {
             batch.finish().await?;
             return Ok(());

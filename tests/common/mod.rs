@@ -417,7 +417,7 @@ impl Client {
     /// (the registry refuses such a push; it never accepts one referencing collected data).
     /// Returns how many attempts were refused.
     pub async fn push_image_retrying(&self, repo: &str, tag: &str, img: &images::Image) -> u32 {
-        'attempt: for attempt in 0..50 {
+        'attempt: for attempt in 0..200 {
             for blob in &img.blobs {
                 self.push_blob(repo, blob).await;
             }
@@ -440,7 +440,7 @@ impl Client {
                 "only a collected blob may refuse a push"
             );
         }
-        panic!("{repo}:{tag} could not be pushed in 50 attempts");
+        panic!("{repo}:{tag} could not be pushed in 200 attempts");
     }
 
     pub async fn blob_bytes(&self, repo: &str, digest: &str) -> Option<Vec<u8>> {
