@@ -97,6 +97,7 @@ impl Default for HttpConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     pub filesystem: Option<FilesystemConfig>,
+    pub s3: Option<S3Config>,
     pub delete: DeleteConfig,
     pub redirect: RedirectConfig,
     pub maintenance: MaintenanceConfig,
@@ -118,6 +119,93 @@ impl Default for FilesystemConfig {
     }
 }
 
+/// S3 and S3-compatible storage; keys and meanings as Distribution's s3 driver.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    pub region: String,
+    /// Endpoint of an S3-compatible store (MinIO, Ceph, ...): `http://minio:9000`, or a host
+    /// whose scheme `secure` picks.
+    pub regionendpoint: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`). Defaults to true whenever
+    /// `regionendpoint` is set: virtual-hosted addressing needs DNS for `bucket.endpoint`,
+    /// which S3-compatible stores rarely have (Distribution 3 changed this default and broke
+    /// MinIO users), and false for AWS itself.
+    pub forcepathstyle: Option<bool>,
+    pub bucket: String,
+    /// Static credentials; without them the standard AWS chain applies (environment,
+    /// profile, web identity, instance metadata).
+    pub accesskey: Option<String>,
+    pub secretkey: Option<String>,
+    pub secure: bool,
+    pub skipverify: bool,
+    /// Key prefix inside the bucket.
+    pub rootdirectory: String,
+    /// Multipart part size for uploads (at least 5 MiB); parts double every 1000.
+    #[serde(deserialize_with = "byte_size")]
+    pub chunksize: u64,
+    #[serde(deserialize_with = "byte_size")]
+    pub multipartcopychunksize: u64,
+    pub multipartcopymaxconcurrency: usize,
+    /// Objects larger than this are copied with a multipart copy (at most 5 GiB).
+    #[serde(deserialize_with = "byte_size")]
+    pub multipartcopythresholdsize: u64,
+    pub encrypt: bool,
+    /// KMS key id for `encrypt` (SSE-KMS); without it, SSE-S3 (AES256).
+    pub keyid: Option<String>,
+    /// STANDARD, REDUCED_REDUNDANCY, ...; NONE sends no storage class (for stores that
+    /// reject the header).
+    pub storageclass: String,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            region: "us-east-1".into(),
+            regionendpoint: None,
+            forcepathstyle: None,
+            bucket: String::new(),
+            accesskey: None,
+            secretkey: None,
+            secure: true,
+            skipverify: false,
+            rootdirectory: String::new(),
+            chunksize: 10 << 20,
+            multipartcopychunksize: 32 << 20,
+            multipartcopymaxconcurrency: 100,
+            multipartcopythresholdsize: 32 << 20,
+            encrypt: false,
+            keyid: None,
+            storageclass: "STANDARD".into(),
+        }
+    }
+}
+
+impl S3Config {
+    pub fn path_style(&self) -> bool {
+        self.forcepathstyle.unwrap_or_else(|| {
+            self.regionendpoint
+                .as_deref()
+                .is_some_and(|e| !e.is_empty())
+        })
+    }
+}
+
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Config")
+            .field("region", &self.region)
+            .field("regionendpoint", &self.regionendpoint)
+            .field("forcepathstyle", &self.path_style())
+            .field("bucket", &self.bucket)
+            .field("accesskey", &self.accesskey)
+            .field("secretkey", &self.secretkey.as_ref().map(|_| "***"))
+            .field("rootdirectory", &self.rootdirectory)
+            .field("chunksize", &self.chunksize)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeleteConfig {
@@ -131,11 +219,23 @@ impl Default for DeleteConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedirectConfig {
     /// Serve blob bytes through wharf even when the storage could redirect to a presigned URL.
     pub disable: bool,
+    /// Lifetime of a presigned URL.
+    #[serde(deserialize_with = "duration")]
+    pub expiry: Duration,
+}
+
+impl Default for RedirectConfig {
+    fn default() -> Self {
+        Self {
+            disable: false,
+            expiry: Duration::from_secs(20 * 60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -256,11 +356,23 @@ impl Config {
         let mut config: Config = serde_yaml::from_value(tree).context(
             "invalid configuration (see config/wharf.yaml for every key; env overrides look like REGISTRY_HTTP_ADDR)",
         )?;
-        config.fill_defaults();
+        config.fill_defaults()?;
         Ok(config)
     }
 
-    fn fill_defaults(&mut self) {
+    fn fill_defaults(&mut self) -> anyhow::Result<()> {
+        if self.storage.s3.is_some() {
+            anyhow::ensure!(
+                self.storage.filesystem.is_none(),
+                "configure one storage driver: storage.filesystem or storage.s3, not both"
+            );
+            anyhow::ensure!(
+                !self.database.url.is_empty(),
+                "database.url is required with S3 storage (WHARF_DATABASE_URL=postgres://...): \
+                 the default SQLite file lives under storage.filesystem.rootdirectory"
+            );
+            return Ok(());
+        }
         let root = self
             .storage
             .filesystem
@@ -269,6 +381,7 @@ impl Config {
             self.database.url =
                 format!("sqlite://{}", root.rootdirectory.join("wharf.db").display());
         }
+        Ok(())
     }
 }
 
@@ -342,6 +455,30 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         rest = tail;
     }
     Ok(total)
+}
+
+/// A byte count: a number, or a string with a K/M/G suffix (powers of 1024: "10M", "5G").
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| serde::de::Error::custom("a size must be a non-negative integer")),
+        Value::String(s) => {
+            let t = s.trim();
+            let (num, mult) = match t.char_indices().last() {
+                Some((i, 'K' | 'k')) => (&t[..i], 1u64 << 10),
+                Some((i, 'M' | 'm')) => (&t[..i], 1 << 20),
+                Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
+                _ => (t, 1),
+            };
+            num.trim().parse::<u64>().map(|n| n * mult).map_err(|_| {
+                serde::de::Error::custom(format!("invalid size {s:?}: use bytes or e.g. 10M, 1G"))
+            })
+        }
+        _ => Err(serde::de::Error::custom(
+            "expected a size such as 10485760 or 10M",
+        )),
+    }
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -424,6 +561,61 @@ mod tests {
         )];
         let err = format!("{:#}", Config::load(None, env).unwrap_err());
         assert!(err.contains("auth"), "{err}");
+    }
+
+    #[test]
+    fn s3_path_style_defaults_to_true_with_a_custom_endpoint() {
+        let base = vec![
+            ("REGISTRY_STORAGE_S3_BUCKET".to_string(), "b".to_string()),
+            (
+                "WHARF_DATABASE_URL".to_string(),
+                "postgres://x@h/db".to_string(),
+            ),
+        ];
+        let c = Config::load(None, base.clone()).unwrap();
+        let s3 = c.storage.s3.unwrap();
+        assert!(!s3.path_style(), "AWS itself: virtual-hosted");
+        assert!(c.storage.filesystem.is_none());
+        let mut env = base.clone();
+        env.push((
+            "REGISTRY_STORAGE_S3_REGIONENDPOINT".to_string(),
+            "http://minio:9000".to_string(),
+        ));
+        env.push((
+            "REGISTRY_STORAGE_S3_CHUNKSIZE".to_string(),
+            "16M".to_string(),
+        ));
+        let s3 = Config::load(None, env.clone()).unwrap().storage.s3.unwrap();
+        assert!(s3.path_style(), "custom endpoint: path-style");
+        assert_eq!(s3.chunksize, 16 << 20);
+        env.push((
+            "REGISTRY_STORAGE_S3_FORCEPATHSTYLE".to_string(),
+            "false".to_string(),
+        ));
+        assert!(
+            !Config::load(None, env)
+                .unwrap()
+                .storage
+                .s3
+                .unwrap()
+                .path_style()
+        );
+        // S3 without a database URL is refused with the fix in the message.
+        let err = format!("{:#}", Config::load(None, base[..1].to_vec()).unwrap_err());
+        assert!(err.contains("database.url"), "{err}");
+        let with_secret = vec![
+            ("REGISTRY_STORAGE_S3_BUCKET".to_string(), "b".to_string()),
+            (
+                "REGISTRY_STORAGE_S3_SECRETKEY".to_string(),
+                "hunter2".to_string(),
+            ),
+            (
+                "WHARF_DATABASE_URL".to_string(),
+                "postgres://x@h/db".to_string(),
+            ),
+        ];
+        let dbg = format!("{:?}", Config::load(None, with_secret).unwrap());
+        assert!(!dbg.contains("hunter2"), "{dbg}");
     }
 
     #[test]

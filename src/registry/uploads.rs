@@ -106,7 +106,7 @@ impl Registry {
         });
         let appended = self
             .storage
-            .upload_append(lock, &record.driver_state, record.size, hashed)
+            .upload_append(lock, &record.id, &record.driver_state, record.size, hashed)
             .await?;
         if let Some(r) = range {
             if appended.written != r.len() {

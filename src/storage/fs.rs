@@ -266,6 +266,29 @@ impl FsDriver {
         }
     }
 
+    /// Upload directories and the age in seconds of their data.
+    pub(super) async fn stored_uploads(&self) -> StorageResult<Vec<(String, u64)>> {
+        let base = self.root.join("wharf/uploads");
+        let found = blocking(move || {
+            use std::os::unix::fs::MetadataExt;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(&base)? {
+                let entry = entry?;
+                let id = entry.file_name().to_string_lossy().into_owned();
+                let m =
+                    std::fs::metadata(entry.path().join("data")).or_else(|_| entry.metadata())?;
+                out.push((id, (now - m.mtime()).max(0) as u64));
+            }
+            Ok(out)
+        })
+        .await?;
+        Ok(found)
+    }
+
     /// Every blob object, with its size and how long ago it was put in place (ctime: a
     /// rename sets it). Only fsck walks storage.
     pub(super) async fn list_blobs(&self) -> StorageResult<Vec<super::StoredObject>> {

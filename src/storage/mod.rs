@@ -5,6 +5,7 @@
 //! under the root, so an existing Distribution tree can be served in place.
 
 mod fs;
+mod s3;
 
 use std::io;
 use std::pin::Pin;
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 pub use fs::FsDriver;
+pub use s3::S3Driver;
 
 use crate::oci::Digest;
 
@@ -55,18 +57,25 @@ pub struct StoredObject {
 
 /// Held while one request writes to an upload; other requests for the same upload wait.
 pub struct UploadLock {
-    inner: fs::UploadFile,
+    /// The filesystem driver's file lock; S3 needs none (see s3.rs).
+    file: Option<fs::UploadFile>,
 }
 
 /// The configured storage driver.
 pub enum BlobStore {
     Filesystem(FsDriver),
+    S3(S3Driver),
+}
+
+fn no_lock() -> StorageError {
+    StorageError::Other(anyhow::anyhow!("filesystem upload used without its lock"))
 }
 
 impl BlobStore {
     pub fn describe(&self) -> String {
         match self {
             BlobStore::Filesystem(d) => format!("filesystem at {}", d.root().display()),
+            BlobStore::S3(d) => d.describe(),
         }
     }
 
@@ -74,23 +83,26 @@ impl BlobStore {
     pub async fn check(&self) -> StorageResult<()> {
         match self {
             BlobStore::Filesystem(d) => d.check().await,
+            BlobStore::S3(d) => d.check().await,
         }
     }
 
     pub async fn upload_lock(&self, id: &str) -> StorageResult<UploadLock> {
         match self {
             BlobStore::Filesystem(d) => Ok(UploadLock {
-                inner: d.upload_lock(id).await?,
+                file: Some(d.upload_lock(id).await?),
             }),
+            BlobStore::S3(_) => Ok(UploadLock { file: None }),
         }
     }
 
-    /// Appends `body` to the upload, which holds `offset` bytes. Returns once the bytes are
+    /// Appends `body` to upload `id`, which holds `offset` bytes. Returns once the bytes are
     /// durable. On error nothing is recorded as written: the next append starts again at
     /// `offset`.
     pub async fn upload_append<S>(
         &self,
         lock: &mut UploadLock,
+        id: &str,
         state: &str,
         offset: u64,
         body: S,
@@ -99,7 +111,11 @@ impl BlobStore {
         S: Stream<Item = io::Result<Bytes>> + Unpin,
     {
         match self {
-            BlobStore::Filesystem(d) => d.upload_append(&mut lock.inner, state, offset, body).await,
+            BlobStore::Filesystem(d) => {
+                let file = lock.file.as_mut().ok_or_else(no_lock)?;
+                d.upload_append(file, state, offset, body).await
+            }
+            BlobStore::S3(d) => d.upload_append(id, state, offset, body).await,
         }
     }
 
@@ -114,9 +130,10 @@ impl BlobStore {
     ) -> StorageResult<()> {
         match self {
             BlobStore::Filesystem(d) => {
-                d.upload_commit(&mut lock.inner, id, state, size, digest)
-                    .await
+                let file = lock.file.as_mut().ok_or_else(no_lock)?;
+                d.upload_commit(file, id, state, size, digest).await
             }
+            BlobStore::S3(d) => d.upload_commit(id, state, size, digest).await,
         }
     }
 
@@ -124,6 +141,23 @@ impl BlobStore {
     pub async fn upload_abort(&self, id: &str, state: &str) -> StorageResult<()> {
         match self {
             BlobStore::Filesystem(d) => d.upload_abort(id, state).await,
+            BlobStore::S3(d) => d.upload_abort(id, state).await,
+        }
+    }
+
+    /// Uploads that have data in storage, with the age in seconds of their newest data.
+    pub async fn stored_uploads(&self) -> StorageResult<Vec<(String, u64)>> {
+        match self {
+            BlobStore::Filesystem(d) => d.stored_uploads().await,
+            BlobStore::S3(d) => d.stored_uploads().await,
+        }
+    }
+
+    /// Removes whatever storage holds for an upload the database does not know.
+    pub async fn purge_upload(&self, id: &str) -> StorageResult<()> {
+        match self {
+            BlobStore::Filesystem(d) => d.upload_abort(id, "").await,
+            BlobStore::S3(d) => d.purge_upload(id).await,
         }
     }
 
@@ -136,6 +170,7 @@ impl BlobStore {
     ) -> StorageResult<ByteStream> {
         match self {
             BlobStore::Filesystem(d) => d.blob_read(digest, start, len).await,
+            BlobStore::S3(d) => d.blob_read(digest, start, len).await,
         }
     }
 
@@ -143,6 +178,7 @@ impl BlobStore {
     pub async fn blob_stat(&self, digest: &Digest) -> StorageResult<Option<u64>> {
         match self {
             BlobStore::Filesystem(d) => d.blob_stat(digest).await,
+            BlobStore::S3(d) => d.blob_stat(digest).await,
         }
     }
 
@@ -150,6 +186,7 @@ impl BlobStore {
     pub async fn list_blobs(&self) -> StorageResult<Vec<StoredObject>> {
         match self {
             BlobStore::Filesystem(d) => d.list_blobs().await,
+            BlobStore::S3(d) => d.list_blobs().await,
         }
     }
 
@@ -157,13 +194,15 @@ impl BlobStore {
     pub async fn blob_delete(&self, digest: &Digest) -> StorageResult<()> {
         match self {
             BlobStore::Filesystem(d) => d.blob_delete(digest).await,
+            BlobStore::S3(d) => d.blob_delete(digest).await,
         }
     }
 
     /// A URL the client may fetch the blob from directly, when the driver offers one.
-    pub async fn redirect_url(&self, _digest: &Digest) -> StorageResult<Option<String>> {
+    pub async fn redirect_url(&self, digest: &Digest) -> StorageResult<Option<String>> {
         match self {
             BlobStore::Filesystem(_) => Ok(None),
+            BlobStore::S3(d) => d.redirect_url(digest).await,
         }
     }
 }

@@ -1,0 +1,878 @@
+//! The S3 driver (AWS S3 and S3-compatible stores: MinIO, Ceph, moto, ...).
+//!
+//! Blobs live at `<rootdirectory>/docker/registry/v2/blobs/sha256/<2 hex>/<hex>/data`, as
+//! Distribution lays them out. An upload is an S3 multipart upload at
+//! `<rootdirectory>/wharf/uploads/<id>/data`, created when its first part is due:
+//!
+//! - Part `n` (1-based) is `chunksize << ((n - 1) / 1000)` bytes (capped at 5 GiB): parts
+//!   double every thousand, so 10,000 parts hold more than 10 TiB with the default 10 MiB,
+//!   and the size of every part follows from its number alone, whatever the client's chunks.
+//! - Bytes that do not fill a part yet are written as *segment* objects
+//!   (`uploads/<id>/seg-<offset>-<nonce>`), each with a unique key and never rewritten. The
+//!   next request that completes a part reads them back. Only the parts, their ETags and the
+//!   segments that are current are recorded (in the upload's driver state, in the database);
+//!   two racing requests can therefore not corrupt each other: the loser's part either loses
+//!   in S3 too, or its ETag does not match the recorded one and completion fails.
+//! - Completion uploads the remaining segments as the last part (which may be short),
+//!   completes the multipart upload, and copies the object to the blob key: one CopyObject up
+//!   to `multipartcopythresholdsize`, a multipart copy above (never a single-request copy
+//!   above S3's 5 GiB limit). Everything under the upload's prefix is then deleted.
+
+use std::io;
+use std::time::Duration;
+
+use anyhow::Context;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{Credentials, Region};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream as S3Body;
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
+};
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use super::{Appended, ByteStream, StorageError, StorageResult, StoredObject};
+use crate::config::S3Config;
+use crate::oci::Digest;
+
+const MIN_PART: u64 = 5 * 1024 * 1024;
+const MAX_PART: u64 = 5 * 1024 * 1024 * 1024;
+const MAX_PARTS: i32 = 10_000;
+
+pub struct S3Driver {
+    client: Client,
+    bucket: String,
+    /// Key prefix: empty, or ending with '/'.
+    root: String,
+    chunk_size: u64,
+    copy_chunk_size: u64,
+    copy_concurrency: usize,
+    copy_threshold: u64,
+    encrypt: bool,
+    key_id: Option<String>,
+    storage_class: Option<StorageClass>,
+    redirect_expiry: Duration,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct UploadState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    multipart: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    parts: Vec<Part>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Part {
+    n: i32,
+    etag: String,
+    size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Segment {
+    key: String,
+    size: u64,
+}
+
+impl UploadState {
+    fn parse(s: &str) -> StorageResult<Self> {
+        if s.is_empty() {
+            return Ok(Self::default());
+        }
+        serde_json::from_str(s)
+            .map_err(|e| StorageError::Other(anyhow::anyhow!("corrupt S3 upload state: {e}")))
+    }
+
+    fn to_string(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    fn size(&self) -> u64 {
+        self.parts.iter().map(|p| p.size).sum::<u64>()
+            + self.segments.iter().map(|s| s.size).sum::<u64>()
+    }
+
+    fn segment_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.size).sum()
+    }
+}
+
+fn s3_err<E, R>(what: &str, e: SdkError<E, R>) -> StorageError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let code = e.code().map(str::to_owned);
+    let message = e.message().map(str::to_owned);
+    let detail = match (code, message) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c,
+        _ => format!("{}", aws_sdk_s3::error::DisplayErrorContext(&e)),
+    };
+    StorageError::Other(anyhow::anyhow!("S3 {what}: {detail}"))
+}
+
+fn is_not_found<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+    if matches!(e.code(), Some("NoSuchKey" | "NotFound" | "NoSuchUpload")) {
+        return true;
+    }
+    e.raw_response().map(|r| r.status().as_u16()) == Some(404)
+}
+
+impl S3Driver {
+    pub async fn new(c: &S3Config, redirect_expiry: Duration) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !c.bucket.is_empty(),
+            "storage.s3.bucket is required (REGISTRY_STORAGE_S3_BUCKET)"
+        );
+        anyhow::ensure!(
+            !c.skipverify,
+            "storage.s3.skipverify is not supported: give the endpoint a certificate the system trusts, \
+             or point AWS_CA_BUNDLE at its CA certificate"
+        );
+        anyhow::ensure!(
+            c.chunksize >= MIN_PART && c.chunksize <= MAX_PART,
+            "storage.s3.chunksize must be between 5 MiB and 5 GiB (S3's part size limits), not {}",
+            c.chunksize
+        );
+        anyhow::ensure!(
+            c.multipartcopychunksize >= MIN_PART && c.multipartcopychunksize <= MAX_PART,
+            "storage.s3.multipartcopychunksize must be between 5 MiB and 5 GiB"
+        );
+        anyhow::ensure!(
+            c.multipartcopythresholdsize <= MAX_PART,
+            "storage.s3.multipartcopythresholdsize must be at most 5 GiB: larger objects cannot be copied in one request"
+        );
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(Region::new(c.region.clone()));
+        if let (Some(ak), Some(sk)) = (&c.accesskey, &c.secretkey) {
+            loader =
+                loader.credentials_provider(Credentials::new(ak, sk, None, None, "wharf-config"));
+        }
+        let shared = loader.load().await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&shared);
+        if let Some(endpoint) = c.regionendpoint.as_deref().filter(|e| !e.is_empty()) {
+            let url = if endpoint.contains("://") {
+                endpoint.to_owned()
+            } else if c.secure {
+                format!("https://{endpoint}")
+            } else {
+                format!("http://{endpoint}")
+            };
+            builder = builder.endpoint_url(url);
+        }
+        builder = builder.force_path_style(c.path_style());
+        let root = c.rootdirectory.trim_matches('/');
+        Ok(S3Driver {
+            client: Client::from_conf(builder.build()),
+            bucket: c.bucket.clone(),
+            root: if root.is_empty() {
+                String::new()
+            } else {
+                format!("{root}/")
+            },
+            chunk_size: c.chunksize,
+            copy_chunk_size: c.multipartcopychunksize,
+            copy_concurrency: c.multipartcopymaxconcurrency.max(1),
+            copy_threshold: c.multipartcopythresholdsize,
+            encrypt: c.encrypt,
+            key_id: c.keyid.clone().filter(|k| !k.is_empty()),
+            storage_class: match c.storageclass.as_str() {
+                "" | "NONE" => None,
+                other => Some(StorageClass::from(other)),
+            },
+            redirect_expiry,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!("s3 bucket {} under {:?}", self.bucket, self.root)
+    }
+
+    fn blob_key(&self, digest: &Digest) -> String {
+        let hex = digest.hex();
+        format!(
+            "{}docker/registry/v2/blobs/sha256/{}/{hex}/data",
+            self.root,
+            &hex[..2]
+        )
+    }
+
+    fn upload_prefix(&self, id: &str) -> String {
+        format!("{}wharf/uploads/{id}/", self.root)
+    }
+
+    fn upload_key(&self, id: &str) -> String {
+        format!("{}data", self.upload_prefix(id))
+    }
+
+    /// Size of part `n`: doubles every thousand parts, from `chunksize`, at most 5 GiB.
+    fn part_size(&self, n: i32) -> u64 {
+        let shift = ((n.max(1) - 1) / 1000) as u32;
+        self.chunk_size
+            .checked_shl(shift)
+            .unwrap_or(MAX_PART)
+            .min(MAX_PART)
+    }
+
+    pub(super) async fn check(&self) -> StorageResult<()> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| s3_err("HeadBucket", e))?;
+        Ok(())
+    }
+
+    async fn get_bytes(&self, key: &str) -> StorageResult<Bytes> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| s3_err("GetObject", e))?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StorageError::Other(anyhow::anyhow!("S3 GetObject body: {e}")))?;
+        Ok(data.into_bytes())
+    }
+
+    async fn read_segments(&self, st: &UploadState) -> StorageResult<BytesMut> {
+        let mut buf = BytesMut::with_capacity(st.segment_bytes() as usize);
+        for s in &st.segments {
+            let data = self.get_bytes(&s.key).await?;
+            if data.len() as u64 != s.size {
+                return Err(StorageError::UploadDataLost {
+                    expected: s.size,
+                    found: data.len() as u64,
+                });
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(buf)
+    }
+
+    async fn ensure_multipart(&self, id: &str, st: &mut UploadState) -> StorageResult<String> {
+        if let Some(m) = &st.multipart {
+            return Ok(m.clone());
+        }
+        let mut req = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(self.upload_key(id))
+            .content_type("application/octet-stream");
+        if let Some(sc) = &self.storage_class {
+            req = req.storage_class(sc.clone());
+        }
+        if self.encrypt {
+            match &self.key_id {
+                Some(k) => {
+                    req = req
+                        .server_side_encryption(ServerSideEncryption::AwsKms)
+                        .ssekms_key_id(k)
+                }
+                None => req = req.server_side_encryption(ServerSideEncryption::Aes256),
+            }
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| s3_err("CreateMultipartUpload", e))?;
+        let upload_id = out
+            .upload_id()
+            .ok_or_else(|| {
+                StorageError::Other(anyhow::anyhow!(
+                    "S3 CreateMultipartUpload returned no upload id"
+                ))
+            })?
+            .to_owned();
+        st.multipart = Some(upload_id.clone());
+        Ok(upload_id)
+    }
+
+    async fn upload_part(&self, id: &str, st: &mut UploadState, data: Bytes) -> StorageResult<()> {
+        let n = st.parts.last().map_or(1, |p| p.n + 1);
+        if n > MAX_PARTS {
+            return Err(StorageError::Other(anyhow::anyhow!(
+                "upload {id} needs more than {MAX_PARTS} parts; raise storage.s3.chunksize"
+            )));
+        }
+        let upload_id = self.ensure_multipart(id, st).await?;
+        let size = data.len() as u64;
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(self.upload_key(id))
+            .upload_id(upload_id)
+            .part_number(n)
+            .body(S3Body::from(data))
+            .send()
+            .await
+            .map_err(|e| s3_err("UploadPart", e))?;
+        let etag = out.e_tag().unwrap_or_default().to_owned();
+        st.parts.push(Part { n, etag, size });
+        st.segments.clear();
+        Ok(())
+    }
+
+    pub(super) async fn upload_append<S>(
+        &self,
+        id: &str,
+        state: &str,
+        offset: u64,
+        mut body: S,
+    ) -> StorageResult<Appended>
+    where
+        S: Stream<Item = io::Result<Bytes>> + Unpin,
+    {
+        let mut st = UploadState::parse(state)?;
+        if st.size() != offset {
+            return Err(StorageError::UploadDataLost {
+                expected: offset,
+                found: st.size(),
+            });
+        }
+        let mut written = 0u64;
+        let mut buf = BytesMut::new();
+        loop {
+            match body.next().await {
+                Some(Ok(chunk)) => {
+                    written += chunk.len() as u64;
+                    buf.extend_from_slice(&chunk);
+                }
+                Some(Err(e)) => return Err(StorageError::Body(e.to_string())),
+                None => break,
+            }
+            // Cut every full part as soon as it is complete: memory stays within about one
+            // part (plus the segments it starts with), whatever the request's size.
+            loop {
+                let next = st.parts.last().map_or(1, |p| p.n + 1);
+                let pending = st.segment_bytes();
+                let need = self.part_size(next);
+                if pending + (buf.len() as u64) < need {
+                    break;
+                }
+                let mut part = self.read_segments(&st).await?;
+                let take = (need - pending) as usize;
+                part.extend_from_slice(&buf.split_to(take));
+                self.upload_part(id, &mut st, part.freeze()).await?;
+            }
+        }
+        if !buf.is_empty() {
+            let key = format!(
+                "{}seg-{}-{}",
+                self.upload_prefix(id),
+                offset + written - buf.len() as u64,
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            );
+            let size = buf.len() as u64;
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .body(S3Body::from(buf.freeze()))
+                .send()
+                .await
+                .map_err(|e| s3_err("PutObject", e))?;
+            st.segments.push(Segment { key, size });
+        }
+        Ok(Appended {
+            state: st.to_string(),
+            written,
+        })
+    }
+
+    pub(super) async fn upload_commit(
+        &self,
+        id: &str,
+        state: &str,
+        size: u64,
+        digest: &Digest,
+    ) -> StorageResult<()> {
+        let mut st = UploadState::parse(state)?;
+        if st.size() != size {
+            return Err(StorageError::UploadDataLost {
+                expected: size,
+                found: st.size(),
+            });
+        }
+        let dest = self.blob_key(digest);
+        if st.parts.is_empty() {
+            // Smaller than one part: one PutObject.
+            let data = self.read_segments(&st).await?;
+            self.put_final(&dest, data.freeze()).await?;
+        } else {
+            if !st.segments.is_empty() {
+                let data = self.read_segments(&st).await?;
+                self.upload_part(id, &mut st, data.freeze()).await?;
+            }
+            let parts: Vec<CompletedPart> = st
+                .parts
+                .iter()
+                .map(|p| {
+                    CompletedPart::builder()
+                        .part_number(p.n)
+                        .e_tag(&p.etag)
+                        .build()
+                })
+                .collect();
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(self.upload_key(id))
+                .upload_id(st.multipart.clone().unwrap_or_default())
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| s3_err("CompleteMultipartUpload", e))?;
+            self.copy(&self.upload_key(id), &dest, size).await?;
+        }
+        if let Err(e) = self.delete_prefix(&self.upload_prefix(id)).await {
+            tracing::warn!(upload = id, error = %e, "could not remove a committed upload's temporary objects");
+        }
+        Ok(())
+    }
+
+    async fn put_final(&self, key: &str, data: Bytes) -> StorageResult<()> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/octet-stream")
+            .body(S3Body::from(data));
+        if let Some(sc) = &self.storage_class {
+            req = req.storage_class(sc.clone());
+        }
+        if self.encrypt {
+            match &self.key_id {
+                Some(k) => {
+                    req = req
+                        .server_side_encryption(ServerSideEncryption::AwsKms)
+                        .ssekms_key_id(k)
+                }
+                None => req = req.server_side_encryption(ServerSideEncryption::Aes256),
+            }
+        }
+        req.send().await.map_err(|e| s3_err("PutObject", e))?;
+        Ok(())
+    }
+
+    fn copy_source(&self, key: &str) -> String {
+        let encoded: String = key
+            .split('/')
+            .map(|seg| {
+                percent_encoding::utf8_percent_encode(seg, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        format!("{}/{encoded}", self.bucket)
+    }
+
+    /// Server-side copy; a multipart copy above the threshold (and always above 5 GiB).
+    async fn copy(&self, src: &str, dest: &str, size: u64) -> StorageResult<()> {
+        if size <= self.copy_threshold {
+            let mut req = self
+                .client
+                .copy_object()
+                .bucket(&self.bucket)
+                .key(dest)
+                .copy_source(self.copy_source(src));
+            if let Some(sc) = &self.storage_class {
+                req = req.storage_class(sc.clone());
+            }
+            if self.encrypt {
+                match &self.key_id {
+                    Some(k) => {
+                        req = req
+                            .server_side_encryption(ServerSideEncryption::AwsKms)
+                            .ssekms_key_id(k)
+                    }
+                    None => req = req.server_side_encryption(ServerSideEncryption::Aes256),
+                }
+            }
+            req.send().await.map_err(|e| s3_err("CopyObject", e))?;
+            return Ok(());
+        }
+        let mut create = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(dest)
+            .content_type("application/octet-stream");
+        if let Some(sc) = &self.storage_class {
+            create = create.storage_class(sc.clone());
+        }
+        if self.encrypt {
+            match &self.key_id {
+                Some(k) => {
+                    create = create
+                        .server_side_encryption(ServerSideEncryption::AwsKms)
+                        .ssekms_key_id(k)
+                }
+                None => create = create.server_side_encryption(ServerSideEncryption::Aes256),
+            }
+        }
+        let upload_id = create
+            .send()
+            .await
+            .map_err(|e| s3_err("CreateMultipartUpload (copy)", e))?
+            .upload_id()
+            .unwrap_or_default()
+            .to_owned();
+        // At most 10,000 parts: grow the copy part size for huge objects.
+        let chunk = self
+            .copy_chunk_size
+            .max(size.div_ceil(MAX_PARTS as u64))
+            .min(MAX_PART);
+        let ranges: Vec<(i32, u64, u64)> = (0..size.div_ceil(chunk))
+            .map(|i| (i as i32 + 1, i * chunk, ((i + 1) * chunk).min(size) - 1))
+            .collect();
+        let source = self.copy_source(src);
+        let results: Vec<StorageResult<CompletedPart>> = futures_util::stream::iter(ranges)
+            .map(|(n, a, b)| {
+                let req = self
+                    .client
+                    .upload_part_copy()
+                    .bucket(&self.bucket)
+                    .key(dest)
+                    .upload_id(&upload_id)
+                    .part_number(n)
+                    .copy_source(&source)
+                    .copy_source_range(format!("bytes={a}-{b}"));
+                async move {
+                    let out = req.send().await.map_err(|e| s3_err("UploadPartCopy", e))?;
+                    let etag = out
+                        .copy_part_result()
+                        .and_then(|r| r.e_tag())
+                        .unwrap_or_default()
+                        .to_owned();
+                    Ok(CompletedPart::builder().part_number(n).e_tag(etag).build())
+                }
+            })
+            .buffered(self.copy_concurrency)
+            .collect()
+            .await;
+        let mut parts = Vec::with_capacity(results.len());
+        for r in results {
+            match r {
+                Ok(p) => parts.push(p),
+                Err(e) => {
+                    let _ = self
+                        .client
+                        .abort_multipart_upload()
+                        .bucket(&self.bucket)
+                        .key(dest)
+                        .upload_id(&upload_id)
+                        .send()
+                        .await;
+                    return Err(e);
+                }
+            }
+        }
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(dest)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| s3_err("CompleteMultipartUpload (copy)", e))?;
+        Ok(())
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> StorageResult<()> {
+        let mut token = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| s3_err("ListObjectsV2", e))?;
+            for obj in out.contents() {
+                if let Some(key) = obj.key() {
+                    self.client
+                        .delete_object()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .send()
+                        .await
+                        .map_err(|e| s3_err("DeleteObject", e))?;
+                }
+            }
+            match out.next_continuation_token() {
+                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    pub(super) async fn upload_abort(&self, id: &str, state: &str) -> StorageResult<()> {
+        let st = UploadState::parse(state).unwrap_or_default();
+        if let Some(upload_id) = &st.multipart {
+            match self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(self.upload_key(id))
+                .upload_id(upload_id)
+                .send()
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(s3_err("AbortMultipartUpload", e)),
+            }
+        }
+        self.delete_prefix(&self.upload_prefix(id)).await
+    }
+
+    /// Upload ids with objects or multipart uploads in storage, and their age in seconds.
+    pub(super) async fn stored_uploads(&self) -> StorageResult<Vec<(String, u64)>> {
+        let prefix = format!("{}wharf/uploads/", self.root);
+        let now = std::time::SystemTime::now();
+        let age_of = |t: Option<&aws_sdk_s3::primitives::DateTime>| {
+            t.and_then(|t| std::time::SystemTime::try_from(*t).ok())
+                .and_then(|t| now.duration_since(t).ok())
+                .map_or(0, |d| d.as_secs())
+        };
+        let mut found: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut token = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| s3_err("ListObjectsV2", e))?;
+            for obj in out.contents() {
+                if let Some(id) = obj
+                    .key()
+                    .and_then(|k| k.strip_prefix(&prefix))
+                    .and_then(|k| k.split('/').next())
+                {
+                    let age = age_of(obj.last_modified());
+                    let e = found.entry(id.to_owned()).or_insert(age);
+                    *e = (*e).min(age);
+                }
+            }
+            match out.next_continuation_token() {
+                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        let mut key_marker = None;
+        let mut id_marker = None;
+        loop {
+            let out = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .set_key_marker(key_marker)
+                .set_upload_id_marker(id_marker)
+                .send()
+                .await
+                .map_err(|e| s3_err("ListMultipartUploads", e))?;
+            for u in out.uploads() {
+                if let Some(id) = u
+                    .key()
+                    .and_then(|k| k.strip_prefix(&prefix))
+                    .and_then(|k| k.split('/').next())
+                {
+                    let age = age_of(u.initiated());
+                    let e = found.entry(id.to_owned()).or_insert(age);
+                    *e = (*e).min(age);
+                }
+            }
+            if out.is_truncated() == Some(true) {
+                key_marker = out.next_key_marker().map(str::to_owned);
+                id_marker = out.next_upload_id_marker().map(str::to_owned);
+            } else {
+                break;
+            }
+        }
+        Ok(found.into_iter().collect())
+    }
+
+    /// Aborts every multipart upload under an upload's prefix and deletes its objects (for
+    /// uploads the database no longer knows).
+    pub(super) async fn purge_upload(&self, id: &str) -> StorageResult<()> {
+        let out = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(self.upload_prefix(id))
+            .send()
+            .await
+            .map_err(|e| s3_err("ListMultipartUploads", e))?;
+        for u in out.uploads() {
+            if let (Some(key), Some(upload_id)) = (u.key(), u.upload_id()) {
+                let _ = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .send()
+                    .await;
+            }
+        }
+        self.delete_prefix(&self.upload_prefix(id)).await
+    }
+
+    pub(super) async fn blob_read(
+        &self,
+        digest: &Digest,
+        start: u64,
+        len: u64,
+    ) -> StorageResult<ByteStream> {
+        if len == 0 {
+            return Ok(Box::pin(futures_util::stream::empty()));
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.blob_key(digest))
+            .range(format!("bytes={start}-{}", start + len - 1))
+            .send()
+            .await
+            .map_err(|e| {
+                if is_not_found(&e) {
+                    StorageError::NotFound
+                } else {
+                    s3_err("GetObject", e)
+                }
+            })?;
+        let stream = futures_util::stream::unfold(out.body, |mut body| async move {
+            match body.next().await {
+                Some(Ok(b)) => Some((Ok(b), body)),
+                Some(Err(e)) => Some((Err(io::Error::other(e)), body)),
+                None => None,
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
+    pub(super) async fn blob_stat(&self, digest: &Digest) -> StorageResult<Option<u64>> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.blob_key(digest))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(out.content_length().unwrap_or(0).max(0) as u64)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(s3_err("HeadObject", e)),
+        }
+    }
+
+    pub(super) async fn blob_delete(&self, digest: &Digest) -> StorageResult<()> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.blob_key(digest))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(s3_err("DeleteObject", e)),
+        }
+    }
+
+    pub(super) async fn list_blobs(&self) -> StorageResult<Vec<StoredObject>> {
+        let prefix = format!("{}docker/registry/v2/blobs/sha256/", self.root);
+        let now = std::time::SystemTime::now();
+        let mut out_list = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| s3_err("ListObjectsV2", e))?;
+            for obj in out.contents() {
+                let Some(rest) = obj.key().and_then(|k| k.strip_prefix(&prefix)) else {
+                    continue;
+                };
+                let mut parts = rest.split('/');
+                let (_, hex, data) = (parts.next(), parts.next(), parts.next());
+                if data != Some("data") {
+                    continue;
+                }
+                let Some(Ok(digest)) = hex.map(|h| format!("sha256:{h}").parse::<Digest>()) else {
+                    continue;
+                };
+                let age_secs = obj
+                    .last_modified()
+                    .and_then(|t| std::time::SystemTime::try_from(*t).ok())
+                    .and_then(|t| now.duration_since(t).ok())
+                    .map_or(0, |d| d.as_secs());
+                out_list.push(StoredObject {
+                    digest,
+                    size: obj.size().unwrap_or(0).max(0) as u64,
+                    age_secs,
+                });
+            }
+            match out.next_continuation_token() {
+                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => return Ok(out_list),
+            }
+        }
+    }
+
+    pub(super) async fn redirect_url(&self, digest: &Digest) -> StorageResult<Option<String>> {
+        let presign = PresigningConfig::expires_in(self.redirect_expiry)
+            .context("storage.redirect.expiry")
+            .map_err(StorageError::Other)?;
+        let req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.blob_key(digest))
+            .presigned(presign)
+            .await
+            .map_err(|e| s3_err("presign GetObject", e))?;
+        Ok(Some(req.uri().to_owned()))
+    }
+}
