@@ -67,7 +67,7 @@ async fn tagged_multiarch_keeps_everything_then_goes_when_untagged(b: Backend) {
     c.pull_and_verify("app", "multi").await;
     c.pull_and_verify("app", "other").await;
     for blob in &multi.blobs {
-        assert!(s.blob_path(&sha256(blob)).exists());
+        assert!(s.blob_exists(&sha256(blob)).await);
     }
 
     // Untag the index: it, its two children and every blob only they use go.
@@ -97,14 +97,14 @@ async fn tagged_multiarch_keeps_everything_then_goes_when_untagged(b: Backend) {
             .sum::<u64>()
     );
     for d in &expected_blobs {
-        assert!(!s.blob_path(d).exists(), "object {d} deleted");
+        assert!(!s.blob_exists(d).await, "object {d} deleted");
         assert_eq!(c.head(&format!("/v2/app/blobs/{d}")).await.status(), 404);
     }
     for (_, d) in &expected_manifests {
         assert_eq!(c.get(&format!("/v2/app/manifests/{d}")).await.status(), 404);
     }
     // The shared layer and the other image are intact.
-    assert!(s.blob_path(&shared).exists());
+    assert!(s.blob_exists(&shared).await);
     c.pull_and_verify("app", "other").await;
     let fsck = wharf::fsck::run(&s.registry, false, Duration::ZERO)
         .await
@@ -156,7 +156,7 @@ async fn referrers_live_and_die_with_their_subject(b: Backend) {
         "the signature went with its image"
     );
     for blob in img.blobs.iter().chain(&sig.blobs) {
-        assert!(!s.blob_path(&sha256(blob)).exists());
+        assert!(!s.blob_exists(&sha256(blob)).await);
     }
 
     // Even without delete_untagged, a referrer whose subject was deleted goes.
@@ -296,11 +296,10 @@ async fn fsck_finds_orphans_and_missing_objects(b: Backend) {
     let c = &s.client;
     let kept = c.push_blob("f", &images::noise(5000, 100)).await;
     let lost = c.push_blob("f", &images::noise(5001, 100)).await;
-    std::fs::remove_file(s.blob_path(&lost)).unwrap();
+    env.remove_raw_blob(&lost).await;
     let orphan = images::noise(5002, 50);
     let od = sha256(&orphan);
-    std::fs::create_dir_all(s.blob_path(&od).parent().unwrap()).unwrap();
-    std::fs::write(s.blob_path(&od), &orphan).unwrap();
+    env.put_raw_blob(&od, &orphan).await;
 
     let r = wharf::fsck::run(&s.registry, true, Duration::from_secs(3600))
         .await
@@ -317,14 +316,14 @@ async fn fsck_finds_orphans_and_missing_objects(b: Backend) {
         r.orphans_deleted, 0,
         "a young orphan may be an upload committing now"
     );
-    assert!(s.blob_path(&od).exists());
+    assert!(s.blob_exists(&od).await);
     let r = wharf::fsck::run(&s.registry, true, Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(r.orphans_deleted, 1);
-    assert!(!s.blob_path(&od).exists());
+    assert!(!s.blob_exists(&od).await);
     assert!(!r.is_clean(), "a missing object is never clean");
-    assert!(s.blob_path(&kept).exists());
+    assert!(s.blob_exists(&kept).await);
 }
 
 /// Several clients push multi-arch images sharing layers, delete tags and push the same
@@ -350,16 +349,14 @@ async fn torture_concurrent_pushes_deletes_and_gc(b: Backend) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let gc_thread = {
         let stop = stop.clone();
-        let db = env.db.url.clone();
-        let root = env.dir.path().join("storage");
+        let vars = env.env_vars();
         std::thread::spawn(move || {
             let mut runs = 0;
             let mut deleted_blobs = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
                     .args(["gc", "--json"])
-                    .env("WHARF_DATABASE_URL", &db)
-                    .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", &root)
+                    .envs(vars.clone())
                     .env("REGISTRY_GC_GRACEPERIOD", grace)
                     .env("REGISTRY_LOG_LEVEL", "error")
                     .output()

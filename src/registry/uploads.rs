@@ -245,13 +245,28 @@ impl Registry {
         Ok(())
     }
 
-    /// Aborts uploads untouched for longer than `age`. Returns how many (that would be) purged.
+    /// Aborts uploads untouched for longer than `age`, and removes upload data in storage
+    /// that no upload row knows (a request that died before saving its state leaves such data,
+    /// e.g. an S3 multipart upload) once it is as old. Returns how many (would be) purged.
     pub async fn purge_uploads(
         &self,
         age: std::time::Duration,
         dry_run: bool,
     ) -> anyhow::Result<usize> {
         let before = crate::meta::now_ms() - age.as_millis() as i64;
+        let mut purged = 0;
+        for (id, age_secs) in self.storage.stored_uploads().await? {
+            if age_secs < age.as_secs() || self.meta.upload(&id).await?.is_some() {
+                continue;
+            }
+            purged += 1;
+            if dry_run {
+                tracing::info!(upload = %id, "would purge upload data no upload knows (dry run)");
+            } else {
+                self.storage.purge_upload(&id).await?;
+                tracing::info!(upload = %id, "purged upload data no upload knows");
+            }
+        }
         let stale = self.meta.stale_uploads(before).await?;
         for u in &stale {
             if dry_run {
@@ -263,6 +278,6 @@ impl Registry {
                 tracing::info!(upload = %u.id, repository = %u.repository, size = u.size, "purged stale upload");
             }
         }
-        Ok(stale.len())
+        Ok(purged + stale.len())
     }
 }

@@ -5,8 +5,9 @@
 //! `<rootdirectory>/wharf/uploads/<id>/data`, created when its first part is due:
 //!
 //! - Part `n` (1-based) is `chunksize << ((n - 1) / 1000)` bytes (capped at 5 GiB): parts
-//!   double every thousand, so 10,000 parts hold more than 10 TiB with the default 10 MiB,
-//!   and the size of every part follows from its number alone, whatever the client's chunks.
+//!   double every thousand, so 10,000 parts hold 9.7 TiB with the default 10 MiB (S3 objects
+//!   end at 5 TiB), and the size of every part follows from its number alone, whatever the
+//!   client's chunks.
 //! - Bytes that do not fill a part yet are written as *segment* objects
 //!   (`uploads/<id>/seg-<offset>-<nonce>`), each with a unique key and never rewritten. The
 //!   next request that completes a part reads them back. Only the parts, their ETags and the
@@ -126,6 +127,12 @@ fn is_not_found<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool 
     e.raw_response().map(|r| r.status().as_u16()) == Some(404)
 }
 
+/// Size of part `n` (1-based): `chunk`, doubling every thousand parts, at most 5 GiB.
+fn part_size(chunk: u64, n: i32) -> u64 {
+    let shift = ((n.max(1) - 1) / 1000) as u32;
+    chunk.checked_shl(shift).unwrap_or(MAX_PART).min(MAX_PART)
+}
+
 impl S3Driver {
     pub async fn new(c: &S3Config, redirect_expiry: Duration) -> anyhow::Result<Self> {
         anyhow::ensure!(
@@ -213,13 +220,8 @@ impl S3Driver {
         format!("{}data", self.upload_prefix(id))
     }
 
-    /// Size of part `n`: doubles every thousand parts, from `chunksize`, at most 5 GiB.
     fn part_size(&self, n: i32) -> u64 {
-        let shift = ((n.max(1) - 1) / 1000) as u32;
-        self.chunk_size
-            .checked_shl(shift)
-            .unwrap_or(MAX_PART)
-            .min(MAX_PART)
+        part_size(self.chunk_size, n)
     }
 
     pub(super) async fn check(&self) -> StorageResult<()> {
@@ -874,5 +876,45 @@ impl S3Driver {
             .await
             .map_err(|e| s3_err("presign GetObject", e))?;
         Ok(Some(req.uri().to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_grow_so_that_any_blob_fits_ten_thousand() {
+        let chunk = 10 << 20;
+        assert_eq!(part_size(chunk, 1), chunk);
+        assert_eq!(part_size(chunk, 1000), chunk);
+        assert_eq!(part_size(chunk, 1001), 2 * chunk);
+        assert_eq!(part_size(chunk, 10_000), chunk << 9);
+        let total: u64 = (1..=MAX_PARTS).map(|n| part_size(chunk, n)).sum();
+        // 9.76 TiB: beyond S3's 5 TiB object limit, so no blob S3 can hold runs out of parts.
+        assert_eq!(total, 10 * (1 << 20) * 1000 * 1023);
+        assert!(total > 5 << 40, "{total}");
+        assert_eq!(part_size(MAX_PART, 5000), MAX_PART, "capped at 5 GiB");
+    }
+
+    #[test]
+    fn state_round_trips_and_sizes() {
+        let st = UploadState {
+            multipart: Some("u".into()),
+            parts: vec![Part {
+                n: 1,
+                etag: "e".into(),
+                size: 10,
+            }],
+            segments: vec![Segment {
+                key: "k".into(),
+                size: 3,
+            }],
+        };
+        let back = UploadState::parse(&st.to_string()).unwrap();
+        assert_eq!(back.size(), 13);
+        assert_eq!(back.segment_bytes(), 3);
+        assert_eq!(UploadState::parse("").unwrap().size(), 0);
+        assert!(UploadState::parse("{not json").is_err());
     }
 }

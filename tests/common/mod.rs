@@ -20,6 +20,7 @@ use wharf::registry::Registry;
 pub enum Backend {
     SqliteFs,
     PostgresFs,
+    PostgresS3,
 }
 
 /// Runs each listed `async fn name(backend: Backend)` once per backend, as separate tests.
@@ -39,6 +40,14 @@ macro_rules! backend_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::common::Backend::PostgresFs).await
+                }
+            )*
+        }
+        mod postgres_s3 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::PostgresS3).await
                 }
             )*
         }
@@ -104,7 +113,7 @@ impl TestDatabase {
                 admin_url: None,
                 name: None,
             },
-            Backend::PostgresFs => {
+            Backend::PostgresFs | Backend::PostgresS3 => {
                 let admin = postgres_admin_url();
                 let name = format!("wharf_t_{}", uuid::Uuid::new_v4().simple());
                 pg_admin(&admin, &format!("CREATE DATABASE {name}")).await;
@@ -151,27 +160,174 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub db: TestDatabase,
     pub backend: Backend,
+    /// The test's own bucket on the local S3 server (S3 backends).
+    pub s3: Option<TestBucket>,
+}
+
+pub struct TestBucket {
+    pub endpoint: String,
+    pub bucket: String,
+}
+
+fn s3_endpoint() -> String {
+    std::env::var("WHARF_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
+        panic!(
+            "WHARF_TEST_S3_ENDPOINT is not set: the S3 tests need an S3-compatible server. \
+             Run the suite with scripts/test (it starts moto_server), or start one \
+             (moto_server -H 127.0.0.1 -p 9000) and set WHARF_TEST_S3_ENDPOINT=http://127.0.0.1:9000"
+        )
+    })
+}
+
+impl TestBucket {
+    async fn create() -> Self {
+        let endpoint = s3_endpoint();
+        let bucket = format!(
+            "wharf-t-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..16]
+        );
+        // The local server takes an unsigned bucket creation.
+        let r = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .put(format!("{endpoint}/{bucket}"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach the S3 server at {endpoint}: {e}"));
+        assert!(
+            r.status().is_success(),
+            "creating bucket {bucket}: {}",
+            r.status()
+        );
+        TestBucket { endpoint, bucket }
+    }
+
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        let conf = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .force_path_style(true)
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "test", "test", None, None, "tests",
+            ))
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+}
+
+pub fn blob_key(digest: &str) -> String {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2])
 }
 
 impl TestEnv {
     pub async fn new(backend: Backend) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = TestDatabase::new(backend, dir.path()).await;
-        TestEnv { dir, db, backend }
+        let s3 = match backend {
+            Backend::PostgresS3 => Some(TestBucket::create().await),
+            _ => None,
+        };
+        TestEnv {
+            dir,
+            db,
+            backend,
+            s3,
+        }
     }
 
-    pub fn config(&self, extra: &[(&str, &str)]) -> Config {
+    /// The environment that configures a server for this test (in-process or a child).
+    pub fn env_vars(&self) -> Vec<(String, String)> {
         let mut env = vec![
-            ("REGISTRY_HTTP_ADDR".to_string(), "127.0.0.1:0".to_string()),
-            (
-                "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY".to_string(),
-                self.dir.path().join("storage").display().to_string(),
-            ),
             ("WHARF_DATABASE_URL".to_string(), self.db.url.clone()),
             ("WHARF_DATABASE_MAXCONNECTIONS".to_string(), "8".to_string()),
         ];
+        match &self.s3 {
+            Some(b) => env.extend([
+                ("REGISTRY_STORAGE_S3_BUCKET".to_string(), b.bucket.clone()),
+                (
+                    "REGISTRY_STORAGE_S3_REGIONENDPOINT".to_string(),
+                    b.endpoint.clone(),
+                ),
+                (
+                    "REGISTRY_STORAGE_S3_ACCESSKEY".to_string(),
+                    "test".to_string(),
+                ),
+                (
+                    "REGISTRY_STORAGE_S3_SECRETKEY".to_string(),
+                    "test".to_string(),
+                ),
+                (
+                    "REGISTRY_STORAGE_S3_ROOTDIRECTORY".to_string(),
+                    "/registry".to_string(),
+                ),
+                // Small parts, so that ordinary tests cross part boundaries.
+                (
+                    "REGISTRY_STORAGE_S3_CHUNKSIZE".to_string(),
+                    "5M".to_string(),
+                ),
+                (
+                    "REGISTRY_STORAGE_S3_MULTIPARTCOPYTHRESHOLDSIZE".to_string(),
+                    "6M".to_string(),
+                ),
+                (
+                    "REGISTRY_STORAGE_S3_MULTIPARTCOPYCHUNKSIZE".to_string(),
+                    "5M".to_string(),
+                ),
+            ]),
+            None => env.push((
+                "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY".to_string(),
+                self.dir.path().join("storage").display().to_string(),
+            )),
+        }
+        env
+    }
+
+    pub fn config(&self, extra: &[(&str, &str)]) -> Config {
+        let mut env = vec![("REGISTRY_HTTP_ADDR".to_string(), "127.0.0.1:0".to_string())];
+        env.extend(self.env_vars());
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         Config::load(None, env).unwrap()
+    }
+
+    /// Writes an object at a blob's path behind the registry's back (fsck tests).
+    pub async fn put_raw_blob(&self, digest: &str, data: &[u8]) {
+        match &self.s3 {
+            Some(b) => {
+                b.client()
+                    .put_object()
+                    .bucket(&b.bucket)
+                    .key(format!("registry/{}", blob_key(digest)))
+                    .body(data.to_vec().into())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            None => {
+                let path = self.dir.path().join("storage").join(blob_key(digest));
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, data).unwrap();
+            }
+        }
+    }
+
+    /// Deletes a blob's object behind the registry's back (fsck tests).
+    pub async fn remove_raw_blob(&self, digest: &str) {
+        match &self.s3 {
+            Some(b) => {
+                b.client()
+                    .delete_object()
+                    .bucket(&b.bucket)
+                    .key(format!("registry/{}", blob_key(digest)))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            None => std::fs::remove_file(self.dir.path().join("storage").join(blob_key(digest)))
+                .unwrap(),
+        }
     }
 
     pub async fn start(&self) -> TestServer {
@@ -183,10 +339,29 @@ impl TestEnv {
     }
 }
 
+/// Server warnings and errors go to the test's output (shown when a test fails).
+fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx=error"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
 impl TestServer {
     pub async fn start(config: Config) -> Self {
+        init_logging();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let root = config.storage.filesystem.clone().unwrap().rootdirectory;
+        let root = config
+            .storage
+            .filesystem
+            .clone()
+            .map(|f| f.rootdirectory)
+            .unwrap_or_default();
         let gc = config.gc.clone();
         // The collector runs only where a test asks for it (it would race the assertions of
         // the others); `wharf serve` runs it by default.
@@ -230,20 +405,33 @@ impl TestServer {
         }
     }
 
-    pub fn blob_path(&self, digest: &str) -> PathBuf {
-        let hex = digest.strip_prefix("sha256:").unwrap();
-        self.root
-            .join("docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data")
+    /// Whether storage holds the blob's object (asked of the storage driver, not the database).
+    pub async fn blob_exists(&self, digest: &str) -> bool {
+        let d: wharf::oci::Digest = digest.parse().unwrap();
+        self.registry.storage.blob_stat(&d).await.unwrap().is_some()
     }
 
-    /// Upload directories left in storage.
-    pub fn upload_dirs(&self) -> usize {
-        std::fs::read_dir(self.root.join("wharf/uploads"))
-            .map(|d| d.count())
-            .unwrap_or(0)
+    pub async fn blob_object(&self, digest: &str) -> Vec<u8> {
+        use futures_util::StreamExt;
+        let d: wharf::oci::Digest = digest.parse().unwrap();
+        let size = self
+            .registry
+            .storage
+            .blob_stat(&d)
+            .await
+            .unwrap()
+            .expect("object exists");
+        let mut stream = self.registry.storage.blob_read(&d, 0, size).await.unwrap();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        out
+    }
+
+    /// Uploads that still have data in storage.
+    pub async fn stored_uploads(&self) -> usize {
+        self.registry.storage.stored_uploads().await.unwrap().len()
     }
 }
 
@@ -443,10 +631,19 @@ impl Client {
         panic!("{repo}:{tag} could not be pushed in 200 attempts");
     }
 
+    /// A blob's bytes, following a redirect to storage as clients do.
     pub async fn blob_bytes(&self, repo: &str, digest: &str) -> Option<Vec<u8>> {
-        let resp = self.get(&format!("/v2/{repo}/blobs/{digest}")).await;
+        let mut resp = self.get(&format!("/v2/{repo}/blobs/{digest}")).await;
         if resp.status() == StatusCode::NOT_FOUND {
             return None;
+        }
+        if resp.status() == StatusCode::TEMPORARY_REDIRECT {
+            assert_eq!(
+                resp.headers()["docker-content-digest"].to_str().unwrap(),
+                digest
+            );
+            let location = resp.headers()["location"].to_str().unwrap().to_string();
+            resp = self.http.get(location).send().await.unwrap();
         }
         assert_eq!(resp.status(), StatusCode::OK);
         Some(resp.bytes().await.unwrap().to_vec())
