@@ -1,5 +1,7 @@
 //! GC benchmark: seeds a store of N blobs (images of 10 blobs each, every image tagged except
-//! 1%, whose blobs are therefore garbage), then times one GC run and a second, idle one.
+//! 1%, whose blobs are therefore garbage, and whose untagging queued them for review, as a tag
+//! deletion does), then times a queue run (what the server runs every interval), an idle queue
+//! run, and a full pass over every row (the periodic safety net).
 //!
 //!     cargo run --release --example gc_bench -- [--database-url URL] [SIZES...]
 //!
@@ -41,6 +43,7 @@ async fn seed(url: &str, root: &std::path::Path, blobs: usize) -> anyhow::Result
         let mut m = Vec::new();
         let mut mb = Vec::new();
         let mut t = Vec::new();
+        let mut q = Vec::new();
         for &i in chunk {
             let id = i + 1;
             m.push(format!(
@@ -55,6 +58,8 @@ async fn seed(url: &str, root: &std::path::Path, blobs: usize) -> anyhow::Result
             }
             if i >= garbage_images {
                 t.push(format!("(1, 'tag-{i}', {id}, {old})"));
+            } else {
+                q.push(format!("({id}, 0)"));
             }
         }
         tx.execute(
@@ -89,6 +94,16 @@ async fn seed(url: &str, root: &std::path::Path, blobs: usize) -> anyhow::Result
             .as_str(),
         )
         .await?;
+        if !q.is_empty() {
+            tx.execute(
+                format!(
+                    "INSERT INTO gc_manifest_reviews (manifest_id, due) VALUES {}",
+                    q.join(",")
+                )
+                .as_str(),
+            )
+            .await?;
+        }
         if !t.is_empty() {
             tx.execute(
                 format!(
@@ -135,7 +150,9 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    println!("backend\tblobs\tgarbage_blobs\tgc_ms\tmanifests_deleted\tblobs_deleted\tidle_gc_ms");
+    println!(
+        "backend\tblobs\tgarbage_blobs\tqueue_run_ms\tmanifests_deleted\tblobs_deleted\tidle_queue_run_ms\tfull_pass_ms"
+    );
     for blobs in sizes {
         let dir = tempfile::tempdir()?;
         let (url, backend, cleanup) = match &base_url {
@@ -166,20 +183,29 @@ async fn main() -> anyhow::Result<()> {
         let registry = wharf::open_registry(&config).await?;
         let garbage = seed(&url, &dir.path().join("storage"), blobs).await?;
         let policy = GcPolicy::with_grace(Duration::from_secs(24 * 3600), true);
-        let started = Instant::now();
-        let report = wharf::gc::run(&registry, policy, false).await?;
-        let gc_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let timed = |mode| {
+            let registry = &registry;
+            async move {
+                let started = Instant::now();
+                let report = wharf::gc::run(registry, policy, mode, false).await?;
+                anyhow::Ok((started.elapsed().as_secs_f64() * 1000.0, report))
+            }
+        };
+        let (queue_ms, report) = timed(wharf::gc::Mode::Queue).await?;
         anyhow::ensure!(
             report.blobs_deleted as usize == garbage,
             "expected {garbage} blobs collected, got {}",
             report.blobs_deleted
         );
-        let started = Instant::now();
-        let idle = wharf::gc::run(&registry, policy, false).await?;
-        let idle_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (idle_ms, idle) = timed(wharf::gc::Mode::Queue).await?;
         anyhow::ensure!(idle.blobs_deleted == 0);
+        let (full_ms, full) = timed(wharf::gc::Mode::Full).await?;
+        anyhow::ensure!(
+            full.blobs_deleted == 0 && full.manifests_deleted == 0,
+            "the queue missed garbage"
+        );
         println!(
-            "{backend}\t{blobs}\t{garbage}\t{gc_ms:.1}\t{}\t{}\t{idle_ms:.1}",
+            "{backend}\t{blobs}\t{garbage}\t{queue_ms:.1}\t{}\t{}\t{idle_ms:.1}\t{full_ms:.1}",
             report.manifests_deleted, report.blobs_deleted
         );
         drop(registry);

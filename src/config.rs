@@ -42,6 +42,10 @@ pub struct GcConfig {
     pub graceperiod: Duration,
     /// Collect manifests that no tag points at and no index lists.
     pub deleteuntagged: bool,
+    /// Between runs the collector examines only what events queued; every `fullinterval` it
+    /// examines every row instead (the safety net for anything a queue entry missed).
+    #[serde(deserialize_with = "duration")]
+    pub fullinterval: Duration,
 }
 
 impl Default for GcConfig {
@@ -51,6 +55,7 @@ impl Default for GcConfig {
             interval: Duration::from_secs(3600),
             graceperiod: Duration::from_secs(24 * 3600),
             deleteuntagged: true,
+            fullinterval: Duration::from_secs(24 * 3600),
         }
     }
 }

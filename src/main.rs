@@ -38,6 +38,10 @@ enum Command {
         /// List what would be deleted, and the bytes it would free; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Examine only what events queued for review (what the server does between full
+        /// passes) instead of every row.
+        #[arg(long, conflicts_with = "dry_run")]
+        queue: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -83,9 +87,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve => serve(config),
         Command::Migrate => runtime().and_then(|rt| rt.block_on(migrate(&config))),
-        Command::Gc { dry_run, json } => {
-            runtime().and_then(|rt| rt.block_on(gc(&config, dry_run, json)))
-        }
+        Command::Gc {
+            dry_run,
+            queue,
+            json,
+        } => runtime().and_then(|rt| rt.block_on(gc(&config, dry_run, queue, json))),
         Command::Fsck {
             delete_orphans,
             json,
@@ -113,10 +119,15 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn gc(config: &Config, dry_run: bool, json: bool) -> anyhow::Result<()> {
+async fn gc(config: &Config, dry_run: bool, queue: bool, json: bool) -> anyhow::Result<()> {
     let registry = wharf::open_registry(config).await?;
     let policy = wharf::meta::GcPolicy::with_grace(config.gc.graceperiod, config.gc.deleteuntagged);
-    let report = wharf::gc::run(&registry, policy, dry_run).await?;
+    let mode = if queue {
+        wharf::gc::Mode::Queue
+    } else {
+        wharf::gc::Mode::Full
+    };
+    let report = wharf::gc::run(&registry, policy, mode, dry_run).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -195,7 +206,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         );
         wharf::spawn_maintenance(registry.clone(), &config);
         if config.gc.enabled {
-            wharf::gc::spawn(registry.clone(), config.gc.interval, config.gc.graceperiod, config.gc.deleteuntagged);
+            wharf::gc::spawn(registry.clone(), config.gc.clone());
         }
         let server = wharf::http_server(registry, listener, config.http.workers, config.log.accesslog)?;
         server.await.context("HTTP server failed")

@@ -17,8 +17,21 @@ const SCAN: i64 = 50_000;
 /// Object deletions in flight at once within a batch.
 const DELETE_CONCURRENCY: usize = 16;
 
+/// What a run examines.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Every row old enough to be garbage: the safety net, and what `wharf gc` runs.
+    #[default]
+    Full,
+    /// Only the rows an event queued for review (tag deleted or moved, manifest deleted,
+    /// blob uploaded or mounted): cost follows the garbage, not the store.
+    Queue,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct GcReport {
+    pub mode: Mode,
     pub dry_run: bool,
     /// Rows looked at as candidates (manifests and blobs).
     pub candidates_examined: u64,
@@ -63,14 +76,25 @@ impl From<GcBlob> for ReportBlob {
     }
 }
 
-/// One GC run. With `dry_run`, reports what would go and changes nothing.
-pub async fn run(registry: &Registry, policy: GcPolicy, dry_run: bool) -> anyhow::Result<GcReport> {
+/// One GC run. With `dry_run`, reports what a full run would delete and changes nothing.
+pub async fn run(
+    registry: &Registry,
+    policy: GcPolicy,
+    mode: Mode,
+    dry_run: bool,
+) -> anyhow::Result<GcReport> {
     let started = Instant::now();
     let meta = &registry.meta;
     let mut report = GcReport {
+        mode,
         dry_run,
         ..Default::default()
     };
+    if mode == Mode::Queue && !dry_run {
+        run_queue(registry, policy, &mut report).await?;
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        return Ok(report);
+    }
     if dry_run {
         let plan = meta.gc_plan(&policy).await?;
         report.candidates_examined = (plan.manifests.len() + plan.blobs.len()) as u64;
@@ -125,6 +149,47 @@ pub async fn run(registry: &Registry, policy: GcPolicy, dry_run: bool) -> anyhow
     Ok(report)
 }
 
+/// A run over the review queue. Deleting a manifest queues its children, referrers and blobs
+/// (in the same transaction), so one run follows a deletion all the way down.
+async fn run_queue(
+    registry: &Registry,
+    policy: GcPolicy,
+    report: &mut GcReport,
+) -> anyhow::Result<()> {
+    let meta = &registry.meta;
+    loop {
+        let ids = meta.gc_due_manifests(&policy, SCAN).await?;
+        report.candidates_examined += ids.len() as u64;
+        let mut progress = false;
+        for batch in ids.chunks(BATCH) {
+            let deleted = meta.gc_delete_manifests(batch, &policy).await?;
+            progress |= !deleted.is_empty();
+            report.manifests_deleted += deleted.len() as u64;
+            report.manifests.extend(deleted.into_iter().map(Into::into));
+            meta.gc_settle_manifests(batch, &policy).await?;
+        }
+        if !progress {
+            break; // what is left is too young, or was claimed by a push
+        }
+    }
+    delete_marked_blobs(registry, report).await?;
+    loop {
+        let digests = meta.gc_due_blobs(&policy, SCAN).await?;
+        report.candidates_examined += digests.len() as u64;
+        let mut marked = 0;
+        for batch in digests.chunks(BATCH) {
+            report.links_deleted += meta.gc_delete_links_of(batch, &policy).await?;
+            marked += meta.gc_mark_blobs(batch, &policy).await?;
+            delete_marked_blobs(registry, report).await?;
+            meta.gc_settle_blobs(batch).await?;
+        }
+        if marked == 0 || (digests.len() as i64) < SCAN {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Phase 2 for every blob marked `deleting`: objects first, under the row locks, then rows.
 async fn delete_marked_blobs(registry: &Registry, report: &mut GcReport) -> anyhow::Result<()> {
     loop {
@@ -155,20 +220,24 @@ async fn delete_marked_blobs(registry: &Registry, report: &mut GcReport) -> anyh
     }
 }
 
-/// The background collector inside `wharf serve` (on the server's actix system).
-pub fn spawn(
-    registry: std::sync::Arc<Registry>,
-    interval: Duration,
-    grace: Duration,
-    delete_untagged: bool,
-) {
+/// The background collector inside `wharf serve` (on the server's actix system): the review
+/// queue every `interval`, a full pass at start and every `fullinterval`.
+pub fn spawn(registry: std::sync::Arc<Registry>, config: crate::config::GcConfig) {
     actix_web::rt::spawn(async move {
-        let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
+        let mut tick = tokio::time::interval(config.interval.max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_full: Option<Instant> = None;
         loop {
             tick.tick().await;
-            let policy = GcPolicy::with_grace(grace, delete_untagged);
-            match run(&registry, policy, false).await {
+            let policy = GcPolicy::with_grace(config.graceperiod, config.deleteuntagged);
+            let mode = match last_full {
+                Some(t) if t.elapsed() < config.fullinterval => Mode::Queue,
+                _ => {
+                    last_full = Some(Instant::now());
+                    Mode::Full
+                }
+            };
+            match run(&registry, policy, mode, false).await {
                 Ok(r) => log_report(&r),
                 Err(e) => tracing::warn!(
                     error = format!("{e:#}"),
@@ -182,6 +251,7 @@ pub fn spawn(
 pub fn log_report(r: &GcReport) {
     tracing::info!(
         target: "wharf::gc",
+        mode = ?r.mode,
         dry_run = r.dry_run,
         candidates_examined = r.candidates_examined,
         manifests_deleted = r.manifests_deleted,

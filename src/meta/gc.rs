@@ -53,17 +53,22 @@ pub struct GcPlan {
     pub blobs: Vec<GcBlob>,
 }
 
-/// A manifest is garbage, judged from its own row and its direct neighbours:
+/// A manifest is garbage, judged from its own row and its direct neighbours
+/// (`manifest_unreferenced!` is the same without the age condition):
 /// old enough, untagged, listed by no index, and either a referrer whose subject is gone from
 /// its repository or (with delete_untagged) not a referrer at all. The manifest graph is a DAG
 /// (a digest cannot contain itself), so applying this until nothing changes deletes exactly
 /// what is unreachable from the roots (see `plan`).
-const MANIFEST_IS_GARBAGE: &str = "m.created_at < $1
-    AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id)
+macro_rules! manifest_unreferenced {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id)
     AND NOT EXISTS (SELECT 1 FROM manifest_children c WHERE c.child_id = m.id)
     AND ((m.subject_digest IS NULL AND $2 = 1)
       OR (m.subject_digest IS NOT NULL AND NOT EXISTS (
-            SELECT 1 FROM manifests s WHERE s.repository_id = m.repository_id AND s.digest = m.subject_digest)))";
+            SELECT 1 FROM manifests s WHERE s.repository_id = m.repository_id AND s.digest = m.subject_digest)))"
+    };
+}
+const MANIFEST_IS_GARBAGE: &str = concat!("m.created_at < $1 AND ", manifest_unreferenced!());
 
 /// A blob is garbage: stored, old enough, linked to no repository, referenced by no manifest.
 const BLOB_IS_GARBAGE: &str = "b.status = 'active' AND b.created_at < $1
@@ -163,6 +168,7 @@ impl MetaStore {
                 .fetch_optional(&mut *tx.tx)
                 .await?;
             let Some(row) = row else { continue };
+            tx.review_dependents(*id).await?;
             sqlx::query("DELETE FROM manifests WHERE id = $1")
                 .bind(*id)
                 .execute(&mut *tx.tx)
@@ -275,6 +281,110 @@ impl MetaStore {
             }
         }
         Ok(BlobDelete { tx, digests })
+    }
+
+    // ---- the review queue ------------------------------------------------------------
+
+    /// Manifests queued for review and due before the cutoff.
+    pub async fn gc_due_manifests(&self, p: &GcPolicy, limit: i64) -> anyhow::Result<Vec<i64>> {
+        let rows = sqlx::query("SELECT manifest_id FROM gc_manifest_reviews WHERE due < $1 ORDER BY due, manifest_id LIMIT $2")
+            .bind(p.cutoff_ms)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| r.get::<i64, _>(0)).collect())
+    }
+
+    /// Drops the reviews of `ids` that are settled: the manifest is gone, or something keeps
+    /// it (a tag, a parent index, an existing subject, or the policy). Unreferenced manifests
+    /// that are merely too young keep their entry until they are old enough.
+    pub async fn gc_settle_manifests(&self, ids: &[i64], p: &GcPolicy) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        // The policy flag is our own 0 or 1, inlined so that the ids number from $1.
+        let unreferenced = manifest_unreferenced!().replace("$2", &policy_flag(p).to_string());
+        let sql = format!(
+            "DELETE FROM gc_manifest_reviews WHERE manifest_id IN ({}) AND NOT EXISTS (
+                 SELECT 1 FROM manifests m WHERE m.id = gc_manifest_reviews.manifest_id AND {unreferenced})",
+            placeholders(1, ids.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        q.execute(&mut *tx.tx).await?;
+        tx.commit().await
+    }
+
+    /// Blobs queued for review and due before the cutoff.
+    pub async fn gc_due_blobs(&self, p: &GcPolicy, limit: i64) -> anyhow::Result<Vec<Digest>> {
+        let rows = sqlx::query("SELECT blob_digest FROM gc_blob_reviews WHERE due < $1 ORDER BY due, blob_digest LIMIT $2")
+            .bind(p.cutoff_ms)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| digest_col(r, "blob_digest")).collect()
+    }
+
+    /// Removes the garbage links of these blobs. Returns how many.
+    pub async fn gc_delete_links_of(
+        &self,
+        digests: &[Digest],
+        p: &GcPolicy,
+    ) -> anyhow::Result<u64> {
+        if digests.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin_write().await?;
+        let sql = format!(
+            "DELETE FROM repository_blobs WHERE (repository_id, blob_digest) IN (
+                 SELECT rb.repository_id, rb.blob_digest FROM repository_blobs rb
+                 WHERE rb.blob_digest IN ({}) AND {LINK_IS_GARBAGE})",
+            placeholders(2, digests.len())
+        );
+        let mut q = sqlx::query(&sql).bind(p.cutoff_ms);
+        for d in digests {
+            q = q.bind(d.as_str());
+        }
+        let done = q.execute(&mut *tx.tx).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Drops the reviews of `digests` that are settled: the blob is gone or being deleted, or a
+    /// manifest references it. A blob still linked (young links) keeps its entry.
+    pub async fn gc_settle_blobs(&self, digests: &[Digest]) -> anyhow::Result<()> {
+        if digests.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        let sql = format!(
+            "DELETE FROM gc_blob_reviews WHERE blob_digest IN ({}) AND (
+                 NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = gc_blob_reviews.blob_digest AND b.status = 'active')
+                 OR EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob_digest = gc_blob_reviews.blob_digest))",
+            placeholders(1, digests.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for d in digests {
+            q = q.bind(d.as_str());
+        }
+        q.execute(&mut *tx.tx).await?;
+        tx.commit().await
+    }
+
+    /// Entries in the review queue (manifests, blobs).
+    pub async fn gc_queue_len(&self) -> anyhow::Result<(u64, u64)> {
+        let m: i64 = sqlx::query("SELECT COUNT(*) FROM gc_manifest_reviews")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        let b: i64 = sqlx::query("SELECT COUNT(*) FROM gc_blob_reviews")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok((m as u64, b as u64))
     }
 
     /// Everything a run with policy `p` would delete, computed in one pass from the roots

@@ -581,6 +581,7 @@ impl MetaStore {
         let size = row.try_get::<i64, _>(0)? as u64;
         let repo_id = tx.ensure_repository(repo).await?;
         tx.link(repo_id, digest).await?;
+        tx.review_blob(digest, now_ms()).await?;
         tx.commit().await?;
         Ok(Some(size))
     }
@@ -613,6 +614,9 @@ impl MetaStore {
         .bind(digest.as_str())
         .execute(&mut *tx.tx)
         .await?;
+        if done.rows_affected() == 1 {
+            tx.review_blob(digest, 0).await?;
+        }
         tx.commit().await?;
         Ok(if done.rows_affected() == 1 {
             DeleteOutcome::Deleted
@@ -699,8 +703,23 @@ impl MetaStore {
         .try_get(0)?;
         tx.insert_edges(manifest_id, repo_id, m.blobs, &child_ids)
             .await?;
+        // Untagged (or untagged later) it becomes garbage once the grace period is over.
+        tx.review_manifest(manifest_id, now).await?;
 
         if let Some(tag) = m.tag {
+            // A tag that moves may leave its previous manifest untagged.
+            let previous =
+                sqlx::query("SELECT manifest_id FROM tags WHERE repository_id = $1 AND name = $2")
+                    .bind(repo_id)
+                    .bind(tag.as_str())
+                    .fetch_optional(&mut *tx.tx)
+                    .await?;
+            if let Some(prev) = previous
+                .map(|r| r.get::<i64, _>(0))
+                .filter(|p| *p != manifest_id)
+            {
+                tx.review_manifest(prev, 0).await?;
+            }
             sqlx::query(
                 "INSERT INTO tags (repository_id, name, manifest_id, updated_at) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (repository_id, name) DO UPDATE SET manifest_id = excluded.manifest_id, updated_at = excluded.updated_at",
@@ -747,6 +766,7 @@ impl MetaStore {
         if let Some(p) = parent {
             return Ok(DeleteOutcome::ReferencedBy(digest_col(&p, "digest")?));
         }
+        tx.review_dependents(id).await?;
         // Tags and edges go with the row (ON DELETE CASCADE).
         sqlx::query("DELETE FROM manifests WHERE id = $1")
             .bind(id)
@@ -757,14 +777,21 @@ impl MetaStore {
     }
 
     pub async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> anyhow::Result<bool> {
-        let done = sqlx::query(
-            "DELETE FROM tags WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
+        let mut tx = self.begin_write().await?;
+        let deleted = sqlx::query(
+            "DELETE FROM tags WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)
+             RETURNING manifest_id",
         )
         .bind(repo.as_str())
         .bind(tag.as_str())
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx.tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        let Some(row) = deleted else {
+            return Ok(false);
+        };
+        tx.review_manifest(row.try_get(0)?, 0).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }
 
@@ -799,6 +826,66 @@ impl WriteTx {
         self.repository_id(repo)
             .await?
             .context("repository row vanished inside its own transaction")
+    }
+
+    /// Queues a manifest for GC review, no earlier than `due` (Unix ms; an earlier due wins).
+    pub(crate) async fn review_manifest(&mut self, id: i64, due: i64) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO gc_manifest_reviews (manifest_id, due) VALUES ($1, $2)
+             ON CONFLICT (manifest_id) DO UPDATE SET due = CASE WHEN excluded.due < gc_manifest_reviews.due
+                                                                THEN excluded.due ELSE gc_manifest_reviews.due END",
+        )
+        .bind(id)
+        .bind(due)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Queues a blob for GC review (its links are reviewed with it).
+    pub(crate) async fn review_blob(&mut self, digest: &Digest, due: i64) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO gc_blob_reviews (blob_digest, due) VALUES ($1, $2)
+             ON CONFLICT (blob_digest) DO UPDATE SET due = CASE WHEN excluded.due < gc_blob_reviews.due
+                                                                THEN excluded.due ELSE gc_blob_reviews.due END",
+        )
+        .bind(digest.as_str())
+        .bind(due)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Before manifest `id` is deleted: queues what its deletion may turn into garbage — its
+    /// blobs, its children and its referrers.
+    pub(crate) async fn review_dependents(&mut self, id: i64) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO gc_blob_reviews (blob_digest, due)
+             SELECT blob_digest, 0 FROM manifest_blobs WHERE manifest_id = $1
+             ON CONFLICT (blob_digest) DO UPDATE SET due = 0",
+        )
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO gc_manifest_reviews (manifest_id, due)
+             SELECT child_id, 0 FROM manifest_children WHERE parent_id = $1
+             ON CONFLICT (manifest_id) DO UPDATE SET due = 0",
+        )
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO gc_manifest_reviews (manifest_id, due)
+             SELECT r.id, 0 FROM manifests m
+               JOIN manifests r ON r.repository_id = m.repository_id AND r.subject_digest = m.digest
+             WHERE m.id = $1
+             ON CONFLICT (manifest_id) DO UPDATE SET due = 0",
+        )
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
     }
 
     async fn link(&mut self, repo_id: i64, digest: &Digest) -> anyhow::Result<()> {
@@ -871,6 +958,8 @@ impl BlobCommit {
     ) -> anyhow::Result<()> {
         let repo_id = self.tx.ensure_repository(repo).await?;
         self.tx.link(repo_id, digest).await?;
+        // Unreferenced until a manifest uses it: GC looks again once the grace period is over.
+        self.tx.review_blob(digest, now_ms()).await?;
         sqlx::query("DELETE FROM uploads WHERE id = $1")
             .bind(upload_id)
             .execute(&mut *self.tx.tx)

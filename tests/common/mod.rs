@@ -374,12 +374,7 @@ impl TestServer {
                 let port = listener.local_addr().unwrap().port();
                 let server = wharf::http_server(registry.clone(), listener, 2, false).unwrap();
                 if gc_enabled {
-                    wharf::gc::spawn(
-                        registry.clone(),
-                        gc.interval,
-                        gc.graceperiod,
-                        gc.deleteuntagged,
-                    );
+                    wharf::gc::spawn(registry.clone(), gc);
                 }
                 tx.send((server.handle(), registry, port)).ok().unwrap();
                 server.await.unwrap();
