@@ -127,6 +127,27 @@ fn is_not_found<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool 
     e.raw_response().map(|r| r.status().as_u16()) == Some(404)
 }
 
+/// Applies the configured storage class and server-side encryption to a request builder that
+/// writes an object (PutObject, CopyObject, CreateMultipartUpload: different types, same
+/// setters).
+macro_rules! object_options {
+    ($driver:expr, $req:expr) => {{
+        let mut req = $req;
+        if let Some(sc) = &$driver.storage_class {
+            req = req.storage_class(sc.clone());
+        }
+        if $driver.encrypt {
+            req = match &$driver.key_id {
+                Some(k) => req
+                    .server_side_encryption(ServerSideEncryption::AwsKms)
+                    .ssekms_key_id(k),
+                None => req.server_side_encryption(ServerSideEncryption::Aes256),
+            };
+        }
+        req
+    }};
+}
+
 /// Size of part `n` (1-based): `chunk`, doubling every thousand parts, at most 5 GiB.
 fn part_size(chunk: u64, n: i32) -> u64 {
     let shift = ((n.max(1) - 1) / 1000) as u32;
@@ -276,19 +297,7 @@ impl S3Driver {
             .bucket(&self.bucket)
             .key(self.upload_key(id))
             .content_type("application/octet-stream");
-        if let Some(sc) = &self.storage_class {
-            req = req.storage_class(sc.clone());
-        }
-        if self.encrypt {
-            match &self.key_id {
-                Some(k) => {
-                    req = req
-                        .server_side_encryption(ServerSideEncryption::AwsKms)
-                        .ssekms_key_id(k)
-                }
-                None => req = req.server_side_encryption(ServerSideEncryption::Aes256),
-            }
-        }
+        req = object_options!(self, req);
         let out = req
             .send()
             .await
@@ -461,19 +470,7 @@ impl S3Driver {
             .key(key)
             .content_type("application/octet-stream")
             .body(S3Body::from(data));
-        if let Some(sc) = &self.storage_class {
-            req = req.storage_class(sc.clone());
-        }
-        if self.encrypt {
-            match &self.key_id {
-                Some(k) => {
-                    req = req
-                        .server_side_encryption(ServerSideEncryption::AwsKms)
-                        .ssekms_key_id(k)
-                }
-                None => req = req.server_side_encryption(ServerSideEncryption::Aes256),
-            }
-        }
+        req = object_options!(self, req);
         req.send().await.map_err(|e| s3_err("PutObject", e))?;
         Ok(())
     }
@@ -499,19 +496,7 @@ impl S3Driver {
                 .bucket(&self.bucket)
                 .key(dest)
                 .copy_source(self.copy_source(src));
-            if let Some(sc) = &self.storage_class {
-                req = req.storage_class(sc.clone());
-            }
-            if self.encrypt {
-                match &self.key_id {
-                    Some(k) => {
-                        req = req
-                            .server_side_encryption(ServerSideEncryption::AwsKms)
-                            .ssekms_key_id(k)
-                    }
-                    None => req = req.server_side_encryption(ServerSideEncryption::Aes256),
-                }
-            }
+            req = object_options!(self, req);
             req.send().await.map_err(|e| s3_err("CopyObject", e))?;
             return Ok(());
         }
@@ -521,19 +506,7 @@ impl S3Driver {
             .bucket(&self.bucket)
             .key(dest)
             .content_type("application/octet-stream");
-        if let Some(sc) = &self.storage_class {
-            create = create.storage_class(sc.clone());
-        }
-        if self.encrypt {
-            match &self.key_id {
-                Some(k) => {
-                    create = create
-                        .server_side_encryption(ServerSideEncryption::AwsKms)
-                        .ssekms_key_id(k)
-                }
-                None => create = create.server_side_encryption(ServerSideEncryption::Aes256),
-            }
-        }
+        create = object_options!(self, create);
         let upload_id = create
             .send()
             .await
@@ -607,10 +580,12 @@ impl S3Driver {
         Ok(())
     }
 
-    async fn delete_prefix(&self, prefix: &str) -> StorageResult<()> {
+    /// Every object under `prefix`, across all pages of ListObjectsV2.
+    async fn list(&self, prefix: &str) -> StorageResult<Vec<aws_sdk_s3::types::Object>> {
+        let mut objects = Vec::new();
         let mut token = None;
         loop {
-            let out = self
+            let page = self
                 .client
                 .list_objects_v2()
                 .bucket(&self.bucket)
@@ -619,22 +594,27 @@ impl S3Driver {
                 .send()
                 .await
                 .map_err(|e| s3_err("ListObjectsV2", e))?;
-            for obj in out.contents() {
-                if let Some(key) = obj.key() {
-                    self.client
-                        .delete_object()
-                        .bucket(&self.bucket)
-                        .key(key)
-                        .send()
-                        .await
-                        .map_err(|e| s3_err("DeleteObject", e))?;
-                }
-            }
-            match out.next_continuation_token() {
-                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_owned()),
-                _ => return Ok(()),
+            objects.extend(page.contents().iter().cloned());
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => return Ok(objects),
             }
         }
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> StorageResult<()> {
+        for obj in self.list(prefix).await? {
+            if let Some(key) = obj.key() {
+                self.client
+                    .delete_object()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(|e| s3_err("DeleteObject", e))?;
+            }
+        }
+        Ok(())
     }
 
     pub(super) async fn upload_abort(&self, id: &str, state: &str) -> StorageResult<()> {
@@ -667,31 +647,15 @@ impl S3Driver {
                 .map_or(0, |d| d.as_secs())
         };
         let mut found: std::collections::BTreeMap<String, u64> = Default::default();
-        let mut token = None;
-        loop {
-            let out = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(&prefix)
-                .set_continuation_token(token)
-                .send()
-                .await
-                .map_err(|e| s3_err("ListObjectsV2", e))?;
-            for obj in out.contents() {
-                if let Some(id) = obj
-                    .key()
-                    .and_then(|k| k.strip_prefix(&prefix))
-                    .and_then(|k| k.split('/').next())
-                {
-                    let age = age_of(obj.last_modified());
-                    let e = found.entry(id.to_owned()).or_insert(age);
-                    *e = (*e).min(age);
-                }
-            }
-            match out.next_continuation_token() {
-                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_owned()),
-                _ => break,
+        for obj in self.list(&prefix).await? {
+            if let Some(id) = obj
+                .key()
+                .and_then(|k| k.strip_prefix(&prefix))
+                .and_then(|k| k.split('/').next())
+            {
+                let age = age_of(obj.last_modified());
+                let e = found.entry(id.to_owned()).or_insert(age);
+                *e = (*e).min(age);
             }
         }
         let mut key_marker = None;
@@ -821,46 +785,31 @@ impl S3Driver {
     pub(super) async fn list_blobs(&self) -> StorageResult<Vec<StoredObject>> {
         let prefix = format!("{}docker/registry/v2/blobs/sha256/", self.root);
         let now = std::time::SystemTime::now();
-        let mut out_list = Vec::new();
-        let mut token = None;
-        loop {
-            let out = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(&prefix)
-                .set_continuation_token(token)
-                .send()
-                .await
-                .map_err(|e| s3_err("ListObjectsV2", e))?;
-            for obj in out.contents() {
-                let Some(rest) = obj.key().and_then(|k| k.strip_prefix(&prefix)) else {
-                    continue;
-                };
-                let mut parts = rest.split('/');
-                let (_, hex, data) = (parts.next(), parts.next(), parts.next());
-                if data != Some("data") {
-                    continue;
-                }
-                let Some(Ok(digest)) = hex.map(|h| format!("sha256:{h}").parse::<Digest>()) else {
-                    continue;
-                };
-                let age_secs = obj
-                    .last_modified()
-                    .and_then(|t| std::time::SystemTime::try_from(*t).ok())
-                    .and_then(|t| now.duration_since(t).ok())
-                    .map_or(0, |d| d.as_secs());
-                out_list.push(StoredObject {
-                    digest,
-                    size: obj.size().unwrap_or(0).max(0) as u64,
-                    age_secs,
-                });
+        let mut blobs = Vec::new();
+        for obj in self.list(&prefix).await? {
+            let Some(rest) = obj.key().and_then(|k| k.strip_prefix(&prefix)) else {
+                continue;
+            };
+            let mut parts = rest.split('/');
+            let (_, hex, data) = (parts.next(), parts.next(), parts.next());
+            if data != Some("data") {
+                continue;
             }
-            match out.next_continuation_token() {
-                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_owned()),
-                _ => return Ok(out_list),
-            }
+            let Some(Ok(digest)) = hex.map(|h| format!("sha256:{h}").parse::<Digest>()) else {
+                continue;
+            };
+            let age_secs = obj
+                .last_modified()
+                .and_then(|t| std::time::SystemTime::try_from(*t).ok())
+                .and_then(|t| now.duration_since(t).ok())
+                .map_or(0, |d| d.as_secs());
+            blobs.push(StoredObject {
+                digest,
+                size: obj.size().unwrap_or(0).max(0) as u64,
+                age_secs,
+            });
         }
+        Ok(blobs)
     }
 
     pub(super) async fn redirect_url(&self, digest: &Digest) -> StorageResult<Option<String>> {
