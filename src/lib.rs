@@ -11,6 +11,7 @@ pub mod meta;
 pub mod oci;
 pub mod registry;
 pub mod storage;
+pub mod usage;
 
 use std::net::TcpListener;
 use std::sync::Arc;

@@ -46,6 +46,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What every repository and namespace costs: logical, exclusive and shared sizes, and
+    /// the registry's stored bytes, deduplication ratio and bytes pending GC.
+    Usage {
+        /// Only this namespace (path prefix, e.g. `team` or `team/app`) and what is below it.
+        #[arg(long, default_value = "")]
+        namespace: String,
+        /// How many of the largest images and blobs to list.
+        #[arg(long, default_value_t = 10)]
+        top: u32,
+        #[arg(long, value_parser = ["table", "json", "csv"], default_value = "table")]
+        format: String,
+    },
     /// Compare storage with the database: orphaned objects, rows whose object is missing.
     Fsck {
         /// Delete orphaned objects older than an hour.
@@ -92,6 +104,11 @@ fn main() -> ExitCode {
             queue,
             json,
         } => runtime().and_then(|rt| rt.block_on(gc(&config, dry_run, queue, json))),
+        Command::Usage {
+            namespace,
+            top,
+            format,
+        } => runtime().and_then(|rt| rt.block_on(usage(&config, &namespace, top, &format))),
         Command::Fsck {
             delete_orphans,
             json,
@@ -148,6 +165,18 @@ async fn gc(config: &Config, dry_run: bool, queue: bool, json: bool) -> anyhow::
         report.candidates_examined,
         report.duration_ms
     );
+    Ok(())
+}
+
+async fn usage(config: &Config, namespace: &str, top: u32, format: &str) -> anyhow::Result<()> {
+    let meta =
+        wharf::meta::MetaStore::open(&config.database.url, config.database.maxconnections).await?;
+    let report = wharf::usage::report(&meta, namespace.trim_end_matches('/'), top).await?;
+    match format {
+        "json" => println!("{}", serde_json::to_string_pretty(&report)?),
+        "csv" => print!("{}", wharf::usage::csv(&report)),
+        _ => print!("{}", wharf::usage::table(&report)),
+    }
     Ok(())
 }
 

@@ -29,6 +29,7 @@ pub fn upload_range(size: u64) -> String {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/healthz").to(healthz))
         .service(web::resource("/readyz").to(readyz))
+        .service(web::resource("/admin/usage").route(web::get().to(usage)))
         .service(web::resource("/v2").to(dispatch))
         .service(web::resource("/v2/{tail:.*}").to(dispatch));
 }
@@ -65,6 +66,24 @@ async fn readyz(registry: web::Data<Registry>) -> HttpResponse {
                 .body(msg)
         }
     }
+}
+
+/// The usage report as JSON (`?namespace=team&top=10`). Not authenticated yet: it reveals
+/// repository names and sizes, the same as the catalog.
+async fn usage(req: HttpRequest, registry: web::Data<Registry>) -> Result<HttpResponse> {
+    let q = query(&req)?;
+    let namespace = q
+        .get("namespace")
+        .map(|n| n.trim_end_matches('/'))
+        .unwrap_or_default();
+    let top = match q.get("top") {
+        Some(t) => t
+            .parse::<u32>()
+            .map_err(|_| Error::Unsupported(format!("invalid top={t:?}: expected a number")))?,
+        None => 10,
+    };
+    let report = crate::usage::report(&registry.meta, namespace, top).await?;
+    Ok(HttpResponse::Ok().json(report))
 }
 
 pub(crate) fn query(req: &HttpRequest) -> Result<HashMap<String, String>> {

@@ -8,8 +8,10 @@
 mod gc;
 mod postgres;
 mod sqlite;
+mod usage;
 
 pub use gc::{BlobDelete, GcBlob, GcManifest, GcPlan, GcPolicy};
+pub use usage::{LargestBlob, LargestImage, NamespaceUsage, RegistryUsage, RepositoryUsage};
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -196,11 +198,31 @@ impl MetaStore {
             .connect(url)
             .await
             .with_context(|| format!("cannot open database {}", crate::config::redact_url(url)))?;
-        Ok(MetaStore {
+        let store = MetaStore {
             pool,
             dialect,
             write_gate: (dialect == Dialect::Sqlite).then(|| Arc::new(Mutex::new(()))),
-        })
+        };
+        store.backfill_namespaces().await?;
+        Ok(store)
+    }
+
+    /// Repositories created before namespaces were recorded get theirs (once).
+    async fn backfill_namespaces(&self) -> anyhow::Result<()> {
+        let rows = sqlx::query(
+            "SELECT r.id, r.name FROM repositories r
+             WHERE r.name LIKE '%/%' AND NOT EXISTS (SELECT 1 FROM repository_namespaces rn WHERE rn.repository_id = r.id)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for r in &rows {
+            insert_namespaces(&mut tx.tx, r.try_get(0)?, &r.try_get::<String, _>(1)?).await?;
+        }
+        tx.commit().await
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -795,6 +817,29 @@ impl MetaStore {
     }
 }
 
+/// Every proper path prefix of a repository name: "team/app/web" → "team", "team/app".
+pub fn namespaces_of(name: &str) -> impl Iterator<Item = &str> {
+    name.match_indices('/').map(move |(i, _)| &name[..i])
+}
+
+async fn insert_namespaces(
+    tx: &mut Transaction<'static, Any>,
+    repository_id: i64,
+    name: &str,
+) -> anyhow::Result<()> {
+    for ns in namespaces_of(name) {
+        sqlx::query(
+            "INSERT INTO repository_namespaces (namespace, repository_id) VALUES ($1, $2)
+             ON CONFLICT (namespace, repository_id) DO NOTHING",
+        )
+        .bind(ns)
+        .bind(repository_id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
 fn manifest_record(r: &AnyRow) -> anyhow::Result<ManifestRecord> {
     Ok(ManifestRecord {
         digest: digest_col(r, "digest")?,
@@ -818,14 +863,23 @@ impl WriteTx {
     }
 
     async fn ensure_repository(&mut self, repo: &RepoName) -> anyhow::Result<i64> {
-        sqlx::query("INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-            .bind(repo.as_str())
-            .bind(now_ms())
-            .execute(&mut *self.tx)
-            .await?;
-        self.repository_id(repo)
+        let created = sqlx::query(
+            "INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(repo.as_str())
+        .bind(now_ms())
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let id = self
+            .repository_id(repo)
             .await?
-            .context("repository row vanished inside its own transaction")
+            .context("repository row vanished inside its own transaction")?;
+        if created {
+            insert_namespaces(&mut self.tx, id, repo.as_str()).await?;
+        }
+        Ok(id)
     }
 
     /// Queues a manifest for GC review, no earlier than `due` (Unix ms; an earlier due wins).

@@ -1,0 +1,203 @@
+//! Usage reports: reads of the SQL views the migrations define (`repository_usage`,
+//! `namespace_usage`, `registry_usage`, `blob_refcounts`). Operators can query the same views
+//! directly with psql or sqlite3.
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{MetaStore, digest_col};
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RepositoryUsage {
+    pub repository: String,
+    pub tags: u64,
+    pub manifests: u64,
+    pub tagged_manifests: u64,
+    pub untagged_manifests: u64,
+    pub blobs: u64,
+    pub logical_size: u64,
+    pub exclusive_size: u64,
+    pub shared_size: u64,
+    pub last_push_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NamespaceUsage {
+    pub namespace: String,
+    pub repositories: u64,
+    pub tags: u64,
+    pub manifests: u64,
+    pub tagged_manifests: u64,
+    pub untagged_manifests: u64,
+    pub blobs: u64,
+    pub logical_size: u64,
+    pub exclusive_size: u64,
+    pub shared_size: u64,
+    pub last_push_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RegistryUsage {
+    pub repositories: u64,
+    pub manifests: u64,
+    pub tags: u64,
+    pub blobs: u64,
+    pub physical_size: u64,
+    pub logical_size: u64,
+    /// logical / physical: how many times, on average, a stored byte is used.
+    pub dedup_ratio: f64,
+    pub pending_gc_size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LargestImage {
+    pub repository: String,
+    pub tag: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LargestBlob {
+    pub digest: String,
+    pub size: u64,
+    pub repositories: u64,
+}
+
+fn count(r: &AnyRow, col: &str) -> anyhow::Result<u64> {
+    Ok(r.try_get::<i64, _>(col)?.max(0) as u64)
+}
+
+/// `namespace` or anything below it (`team` matches `team/app`, not `teamx`).
+const UNDER: &str = "(CAST($1 AS TEXT) = '' OR {col} = $1 OR substr({col}, 1, length(CAST($1 AS TEXT)) + 1) = $1 || '/')";
+
+impl MetaStore {
+    /// Repositories in `namespace` (all when empty), largest logical size first.
+    pub async fn repository_usage(&self, namespace: &str) -> anyhow::Result<Vec<RepositoryUsage>> {
+        let sql = format!(
+            "SELECT * FROM repository_usage WHERE {} ORDER BY logical_size DESC, repository",
+            UNDER.replace("{col}", "repository")
+        );
+        let rows = sqlx::query(&sql)
+            .bind(namespace)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RepositoryUsage {
+                    repository: r.try_get("repository")?,
+                    tags: count(r, "tags")?,
+                    manifests: count(r, "manifests")?,
+                    tagged_manifests: count(r, "tagged_manifests")?,
+                    untagged_manifests: count(r, "untagged_manifests")?,
+                    blobs: count(r, "blobs")?,
+                    logical_size: count(r, "logical_size")?,
+                    exclusive_size: count(r, "exclusive_size")?,
+                    shared_size: count(r, "shared_size")?,
+                    last_push_ms: r.try_get("last_push_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Namespaces equal to or below `namespace` (all when empty), in name order.
+    pub async fn namespace_usage(&self, namespace: &str) -> anyhow::Result<Vec<NamespaceUsage>> {
+        let sql = format!(
+            "SELECT * FROM namespace_usage WHERE {} ORDER BY namespace",
+            UNDER.replace("{col}", "namespace")
+        );
+        let rows = sqlx::query(&sql)
+            .bind(namespace)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(NamespaceUsage {
+                    namespace: r.try_get("namespace")?,
+                    repositories: count(r, "repositories")?,
+                    tags: count(r, "tags")?,
+                    manifests: count(r, "manifests")?,
+                    tagged_manifests: count(r, "tagged_manifests")?,
+                    untagged_manifests: count(r, "untagged_manifests")?,
+                    blobs: count(r, "blobs")?,
+                    logical_size: count(r, "logical_size")?,
+                    exclusive_size: count(r, "exclusive_size")?,
+                    shared_size: count(r, "shared_size")?,
+                    last_push_ms: r.try_get("last_push_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn registry_usage(&self) -> anyhow::Result<RegistryUsage> {
+        let r = sqlx::query("SELECT * FROM registry_usage")
+            .fetch_one(&self.pool)
+            .await?;
+        let physical = count(&r, "physical_size")?;
+        let logical = count(&r, "logical_size")?;
+        Ok(RegistryUsage {
+            repositories: count(&r, "repositories")?,
+            manifests: count(&r, "manifests")?,
+            tags: count(&r, "tags")?,
+            blobs: count(&r, "blobs")?,
+            physical_size: physical,
+            logical_size: logical,
+            dedup_ratio: if physical == 0 {
+                0.0
+            } else {
+                logical as f64 / physical as f64
+            },
+            pending_gc_size: count(&r, "pending_gc_size")?,
+        })
+    }
+
+    /// The largest tagged images (manifest total size: payload plus distinct blobs, or
+    /// children's totals for an index).
+    pub async fn largest_images(
+        &self,
+        namespace: &str,
+        limit: u32,
+    ) -> anyhow::Result<Vec<LargestImage>> {
+        let sql = format!(
+            "SELECT r.name AS repository, t.name AS tag, m.digest, m.total_size
+             FROM tags t JOIN manifests m ON m.id = t.manifest_id JOIN repositories r ON r.id = t.repository_id
+             WHERE {} ORDER BY m.total_size DESC, r.name, t.name LIMIT $2",
+            UNDER.replace("{col}", "r.name")
+        );
+        let rows = sqlx::query(&sql)
+            .bind(namespace)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LargestImage {
+                    repository: r.try_get("repository")?,
+                    tag: r.try_get("tag")?,
+                    digest: digest_col(r, "digest")?.to_string(),
+                    size: count(r, "total_size")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn largest_blobs(&self, limit: u32) -> anyhow::Result<Vec<LargestBlob>> {
+        let rows = sqlx::query(
+            "SELECT digest, size, repository_refs FROM blob_refcounts WHERE status = 'active'
+             ORDER BY size DESC, digest LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LargestBlob {
+                    digest: digest_col(r, "digest")?.to_string(),
+                    size: count(r, "size")?,
+                    repositories: count(r, "repository_refs")?,
+                })
+            })
+            .collect()
+    }
+}

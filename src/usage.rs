@@ -1,0 +1,178 @@
+//! `wharf usage` and `GET /admin/usage`: what every repository and namespace costs, from the
+//! SQL views (see meta/usage.rs; operators can query the views directly).
+
+use serde::Serialize;
+
+use crate::meta::{
+    LargestBlob, LargestImage, MetaStore, NamespaceUsage, RegistryUsage, RepositoryUsage,
+};
+
+#[derive(Debug, Serialize)]
+pub struct UsageReport {
+    /// The namespace the report is limited to ("" for the whole registry).
+    pub namespace: String,
+    pub registry: RegistryUsage,
+    pub namespaces: Vec<NamespaceUsage>,
+    pub repositories: Vec<RepositoryUsage>,
+    pub largest_images: Vec<LargestImage>,
+    pub largest_blobs: Vec<LargestBlob>,
+}
+
+pub async fn report(meta: &MetaStore, namespace: &str, top: u32) -> anyhow::Result<UsageReport> {
+    Ok(UsageReport {
+        namespace: namespace.to_owned(),
+        registry: meta.registry_usage().await?,
+        namespaces: meta.namespace_usage(namespace).await?,
+        repositories: meta.repository_usage(namespace).await?,
+        largest_images: meta.largest_images(namespace, top).await?,
+        largest_blobs: meta.largest_blobs(top).await?,
+    })
+}
+
+/// Bytes for people: 1536 → "1.5 KiB".
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn table(r: &UsageReport) -> String {
+    let mut out = String::new();
+    let g = &r.registry;
+    out.push_str(&format!(
+        "registry: {} repositories, {} manifests, {} tags, {} blobs; stored {} (logical {}, dedup ratio {:.2}); pending GC {}\n",
+        g.repositories,
+        g.manifests,
+        g.tags,
+        g.blobs,
+        human(g.physical_size),
+        human(g.logical_size),
+        g.dedup_ratio,
+        human(g.pending_gc_size)
+    ));
+    let header = format!(
+        "{:<40} {:>6} {:>9} {:>9} {:>7} {:>12} {:>12} {:>12}\n",
+        "NAME", "TAGS", "MANIFESTS", "UNTAGGED", "BLOBS", "LOGICAL", "EXCLUSIVE", "SHARED"
+    );
+    if !r.namespaces.is_empty() {
+        out.push_str("\nnamespaces\n");
+        out.push_str(&header);
+        for n in &r.namespaces {
+            out.push_str(&format!(
+                "{:<40} {:>6} {:>9} {:>9} {:>7} {:>12} {:>12} {:>12}\n",
+                n.namespace,
+                n.tags,
+                n.manifests,
+                n.untagged_manifests,
+                n.blobs,
+                human(n.logical_size),
+                human(n.exclusive_size),
+                human(n.shared_size)
+            ));
+        }
+    }
+    out.push_str("\nrepositories\n");
+    out.push_str(&header);
+    for x in &r.repositories {
+        out.push_str(&format!(
+            "{:<40} {:>6} {:>9} {:>9} {:>7} {:>12} {:>12} {:>12}\n",
+            x.repository,
+            x.tags,
+            x.manifests,
+            x.untagged_manifests,
+            x.blobs,
+            human(x.logical_size),
+            human(x.exclusive_size),
+            human(x.shared_size)
+        ));
+    }
+    if !r.largest_images.is_empty() {
+        out.push_str("\nlargest images\n");
+        for i in &r.largest_images {
+            out.push_str(&format!(
+                "{:>12}  {}:{}  {}\n",
+                human(i.size),
+                i.repository,
+                i.tag,
+                i.digest
+            ));
+        }
+    }
+    if !r.largest_blobs.is_empty() {
+        out.push_str("\nlargest blobs\n");
+        for b in &r.largest_blobs {
+            out.push_str(&format!(
+                "{:>12}  {}  in {} repositories\n",
+                human(b.size),
+                b.digest,
+                b.repositories
+            ));
+        }
+    }
+    out
+}
+
+/// One CSV row per repository and per namespace (kind,name,...), sizes in bytes.
+pub fn csv(r: &UsageReport) -> String {
+    let mut out = String::from(
+        "kind,name,repositories,tags,manifests,tagged_manifests,untagged_manifests,blobs,logical_size,exclusive_size,shared_size,last_push_ms\n",
+    );
+    for n in &r.namespaces {
+        out.push_str(&format!(
+            "namespace,{},{},{},{},{},{},{},{},{},{},{}\n",
+            n.namespace,
+            n.repositories,
+            n.tags,
+            n.manifests,
+            n.tagged_manifests,
+            n.untagged_manifests,
+            n.blobs,
+            n.logical_size,
+            n.exclusive_size,
+            n.shared_size,
+            n.last_push_ms.map(|t| t.to_string()).unwrap_or_default()
+        ));
+    }
+    for x in &r.repositories {
+        out.push_str(&format!(
+            "repository,{},1,{},{},{},{},{},{},{},{},{}\n",
+            x.repository,
+            x.tags,
+            x.manifests,
+            x.tagged_manifests,
+            x.untagged_manifests,
+            x.blobs,
+            x.logical_size,
+            x.exclusive_size,
+            x.shared_size,
+            x.last_push_ms.map(|t| t.to_string()).unwrap_or_default()
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn human_sizes() {
+        assert_eq!(super::human(512), "512 B");
+        assert_eq!(super::human(1536), "1.5 KiB");
+        assert_eq!(super::human(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn namespaces_are_proper_prefixes() {
+        let n: Vec<_> = crate::meta::namespaces_of("team/app/web").collect();
+        assert_eq!(n, ["team", "team/app"]);
+        assert_eq!(crate::meta::namespaces_of("solo").count(), 0);
+    }
+}
