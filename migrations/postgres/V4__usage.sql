@@ -22,57 +22,87 @@ FROM blobs b;
 -- exclusive_size: those no other repository's manifests reference (what deleting the
 -- repository would free); shared_size: the rest. Sizes in bytes, times in Unix ms.
 CREATE VIEW repository_usage AS
-SELECT u.*, u.logical_size - u.exclusive_size AS shared_size
-FROM (
-  SELECT r.id AS repository_id, r.name AS repository,
-    (SELECT COUNT(*) FROM tags t WHERE t.repository_id = r.id) AS tags,
-    (SELECT COUNT(*) FROM manifests m WHERE m.repository_id = r.id) AS manifests,
-    (SELECT COUNT(*) FROM manifests m WHERE m.repository_id = r.id
-        AND EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id)) AS tagged_manifests,
-    (SELECT COUNT(*) FROM manifests m WHERE m.repository_id = r.id
-        AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id)
-        AND NOT EXISTS (SELECT 1 FROM manifest_children c WHERE c.child_id = m.id)) AS untagged_manifests,
-    (SELECT COUNT(DISTINCT mb.blob_digest) FROM manifest_blobs mb WHERE mb.repository_id = r.id) AS blobs,
-    (SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT) FROM blobs b
-      WHERE b.digest IN (SELECT mb.blob_digest FROM manifest_blobs mb WHERE mb.repository_id = r.id)) AS logical_size,
-    (SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT) FROM blobs b
-      WHERE b.digest IN (SELECT mb.blob_digest FROM manifest_blobs mb WHERE mb.repository_id = r.id)
-        AND NOT EXISTS (SELECT 1 FROM manifest_blobs o WHERE o.blob_digest = b.digest AND o.repository_id <> r.id)) AS exclusive_size,
-    (SELECT MAX(m.created_at) FROM manifests m WHERE m.repository_id = r.id) AS last_push_ms
-  FROM repositories r
-) u;
+WITH repo_refs AS (SELECT DISTINCT repository_id, blob_digest FROM manifest_blobs),
+     blob_repos AS (SELECT blob_digest, COUNT(*) AS repos FROM repo_refs GROUP BY blob_digest),
+     repo_sizes AS (
+       SELECT rr.repository_id, COUNT(*) AS blobs,
+              CAST(SUM(b.size) AS BIGINT) AS logical_size,
+              CAST(SUM(CASE WHEN br.repos = 1 THEN b.size ELSE 0 END) AS BIGINT) AS exclusive_size
+       FROM repo_refs rr
+       JOIN blob_repos br ON br.blob_digest = rr.blob_digest
+       JOIN blobs b ON b.digest = rr.blob_digest
+       GROUP BY rr.repository_id),
+     repo_manifests AS (
+       SELECT m.repository_id, COUNT(*) AS manifests,
+              SUM(CASE WHEN EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id) THEN 1 ELSE 0 END) AS tagged_manifests,
+              SUM(CASE WHEN NOT EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id)
+                        AND NOT EXISTS (SELECT 1 FROM manifest_children c WHERE c.child_id = m.id)
+                       THEN 1 ELSE 0 END) AS untagged_manifests,
+              MAX(m.created_at) AS last_push_ms
+       FROM manifests m GROUP BY m.repository_id),
+     repo_tags AS (SELECT repository_id, COUNT(*) AS tags FROM tags GROUP BY repository_id)
+SELECT r.id AS repository_id, r.name AS repository,
+       COALESCE(t.tags, 0) AS tags,
+       COALESCE(m.manifests, 0) AS manifests,
+       COALESCE(m.tagged_manifests, 0) AS tagged_manifests,
+       COALESCE(m.untagged_manifests, 0) AS untagged_manifests,
+       COALESCE(s.blobs, 0) AS blobs,
+       COALESCE(s.logical_size, 0) AS logical_size,
+       COALESCE(s.exclusive_size, 0) AS exclusive_size,
+       COALESCE(s.logical_size, 0) - COALESCE(s.exclusive_size, 0) AS shared_size,
+       m.last_push_ms
+FROM repositories r
+LEFT JOIN repo_tags t ON t.repository_id = r.id
+LEFT JOIN repo_manifests m ON m.repository_id = r.id
+LEFT JOIN repo_sizes s ON s.repository_id = r.id;
 
 -- Per namespace (every proper path prefix), deduplicated across its repositories:
--- exclusive_size counts blobs that no repository outside the namespace references.
+-- exclusive_size counts blobs that no repository outside the namespace references (a blob is
+-- exclusive when the namespace's repositories are all the repositories that reference it).
+-- Set-based (one pass over the edges) rather than per-namespace subqueries.
 CREATE VIEW namespace_usage AS
-SELECT u.*, u.logical_size - u.exclusive_size AS shared_size
-FROM (
-  SELECT n.namespace,
-    (SELECT COUNT(*) FROM repository_namespaces rn WHERE rn.namespace = n.namespace) AS repositories,
-    (SELECT COUNT(*) FROM tags t JOIN repository_namespaces rn ON rn.repository_id = t.repository_id
-      WHERE rn.namespace = n.namespace) AS tags,
-    (SELECT COUNT(*) FROM manifests m JOIN repository_namespaces rn ON rn.repository_id = m.repository_id
-      WHERE rn.namespace = n.namespace) AS manifests,
-    (SELECT COUNT(*) FROM manifests m JOIN repository_namespaces rn ON rn.repository_id = m.repository_id
-      WHERE rn.namespace = n.namespace AND EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id)) AS tagged_manifests,
-    (SELECT COUNT(*) FROM manifests m JOIN repository_namespaces rn ON rn.repository_id = m.repository_id
-      WHERE rn.namespace = n.namespace AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id)
-        AND NOT EXISTS (SELECT 1 FROM manifest_children c WHERE c.child_id = m.id)) AS untagged_manifests,
-    (SELECT COUNT(*) FROM blobs b WHERE b.digest IN (
-        SELECT mb.blob_digest FROM manifest_blobs mb JOIN repository_namespaces rn ON rn.repository_id = mb.repository_id
-        WHERE rn.namespace = n.namespace)) AS blobs,
-    (SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT) FROM blobs b WHERE b.digest IN (
-        SELECT mb.blob_digest FROM manifest_blobs mb JOIN repository_namespaces rn ON rn.repository_id = mb.repository_id
-        WHERE rn.namespace = n.namespace)) AS logical_size,
-    (SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT) FROM blobs b WHERE b.digest IN (
-        SELECT mb.blob_digest FROM manifest_blobs mb JOIN repository_namespaces rn ON rn.repository_id = mb.repository_id
-        WHERE rn.namespace = n.namespace)
-      AND NOT EXISTS (SELECT 1 FROM manifest_blobs o WHERE o.blob_digest = b.digest
-        AND o.repository_id NOT IN (SELECT rn2.repository_id FROM repository_namespaces rn2 WHERE rn2.namespace = n.namespace))) AS exclusive_size,
-    (SELECT MAX(m.created_at) FROM manifests m JOIN repository_namespaces rn ON rn.repository_id = m.repository_id
-      WHERE rn.namespace = n.namespace) AS last_push_ms
-  FROM (SELECT DISTINCT namespace FROM repository_namespaces) n
-) u;
+WITH repo_refs AS (SELECT DISTINCT repository_id, blob_digest FROM manifest_blobs),
+     blob_repos AS (SELECT blob_digest, COUNT(*) AS repos FROM repo_refs GROUP BY blob_digest),
+     ns_blobs AS (
+       SELECT rn.namespace, rr.blob_digest, COUNT(*) AS repos
+       FROM repository_namespaces rn JOIN repo_refs rr ON rr.repository_id = rn.repository_id
+       GROUP BY rn.namespace, rr.blob_digest),
+     ns_sizes AS (
+       SELECT nb.namespace, COUNT(*) AS blobs,
+              CAST(SUM(b.size) AS BIGINT) AS logical_size,
+              CAST(SUM(CASE WHEN nb.repos = br.repos THEN b.size ELSE 0 END) AS BIGINT) AS exclusive_size
+       FROM ns_blobs nb
+       JOIN blob_repos br ON br.blob_digest = nb.blob_digest
+       JOIN blobs b ON b.digest = nb.blob_digest
+       GROUP BY nb.namespace),
+     ns_manifests AS (
+       SELECT rn.namespace, COUNT(*) AS manifests,
+              SUM(CASE WHEN EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id) THEN 1 ELSE 0 END) AS tagged_manifests,
+              SUM(CASE WHEN NOT EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id)
+                        AND NOT EXISTS (SELECT 1 FROM manifest_children c WHERE c.child_id = m.id)
+                       THEN 1 ELSE 0 END) AS untagged_manifests,
+              MAX(m.created_at) AS last_push_ms
+       FROM repository_namespaces rn JOIN manifests m ON m.repository_id = rn.repository_id
+       GROUP BY rn.namespace),
+     ns_tags AS (
+       SELECT rn.namespace, COUNT(*) AS tags
+       FROM repository_namespaces rn JOIN tags t ON t.repository_id = rn.repository_id
+       GROUP BY rn.namespace),
+     ns_repos AS (SELECT namespace, COUNT(*) AS repositories FROM repository_namespaces GROUP BY namespace)
+SELECT r.namespace, r.repositories,
+       COALESCE(t.tags, 0) AS tags,
+       COALESCE(m.manifests, 0) AS manifests,
+       COALESCE(m.tagged_manifests, 0) AS tagged_manifests,
+       COALESCE(m.untagged_manifests, 0) AS untagged_manifests,
+       COALESCE(s.blobs, 0) AS blobs,
+       COALESCE(s.logical_size, 0) AS logical_size,
+       COALESCE(s.exclusive_size, 0) AS exclusive_size,
+       COALESCE(s.logical_size, 0) - COALESCE(s.exclusive_size, 0) AS shared_size,
+       m.last_push_ms
+FROM ns_repos r
+LEFT JOIN ns_tags t ON t.namespace = r.namespace
+LEFT JOIN ns_manifests m ON m.namespace = r.namespace
+LEFT JOIN ns_sizes s ON s.namespace = r.namespace;
 
 -- The whole registry, one row. physical_size: distinct stored bytes; logical_size: the sum of
 -- the repositories' logical sizes (logical / physical is the deduplication ratio);
@@ -85,6 +115,8 @@ SELECT
   (SELECT COUNT(*) FROM tags) AS tags,
   (SELECT COUNT(*) FROM blobs WHERE status = 'active') AS blobs,
   (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM blobs WHERE status = 'active') AS physical_size,
-  (SELECT CAST(COALESCE(SUM(logical_size), 0) AS BIGINT) FROM repository_usage) AS logical_size,
-  (SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT) FROM blobs b
-    WHERE b.status = 'deleting' OR NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob_digest = b.digest)) AS pending_gc_size;
+  (SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT)
+     FROM (SELECT DISTINCT repository_id, blob_digest FROM manifest_blobs) rr JOIN blobs b ON b.digest = rr.blob_digest) AS logical_size,
+  (SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT) FROM blobs b WHERE b.status = 'deleting')
+  + (SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT) FROM blobs b
+     WHERE b.status = 'active' AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob_digest = b.digest)) AS pending_gc_size;
