@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::meta::{
     LargestBlob, LargestImage, MetaStore, NamespaceUsage, RegistryUsage, RepositoryUsage,
+    UsageFigures,
 };
 
 #[derive(Debug, Serialize)]
@@ -45,6 +46,20 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
+fn table_row(name: &str, f: &UsageFigures) -> String {
+    format!(
+        "{:<40} {:>6} {:>9} {:>9} {:>7} {:>12} {:>12} {:>12}\n",
+        name,
+        f.tags,
+        f.manifests,
+        f.untagged_manifests,
+        f.blobs,
+        human(f.logical_size),
+        human(f.exclusive_size),
+        human(f.shared_size)
+    )
+}
+
 pub fn table(r: &UsageReport) -> String {
     let mut out = String::new();
     let g = &r.registry;
@@ -67,33 +82,13 @@ pub fn table(r: &UsageReport) -> String {
         out.push_str("\nnamespaces\n");
         out.push_str(&header);
         for n in &r.namespaces {
-            out.push_str(&format!(
-                "{:<40} {:>6} {:>9} {:>9} {:>7} {:>12} {:>12} {:>12}\n",
-                n.namespace,
-                n.tags,
-                n.manifests,
-                n.untagged_manifests,
-                n.blobs,
-                human(n.logical_size),
-                human(n.exclusive_size),
-                human(n.shared_size)
-            ));
+            out.push_str(&table_row(&n.namespace, &n.figures));
         }
     }
     out.push_str("\nrepositories\n");
     out.push_str(&header);
     for x in &r.repositories {
-        out.push_str(&format!(
-            "{:<40} {:>6} {:>9} {:>9} {:>7} {:>12} {:>12} {:>12}\n",
-            x.repository,
-            x.tags,
-            x.manifests,
-            x.untagged_manifests,
-            x.blobs,
-            human(x.logical_size),
-            human(x.exclusive_size),
-            human(x.shared_size)
-        ));
+        out.push_str(&table_row(&x.repository, &x.figures));
     }
     if !r.largest_images.is_empty() {
         out.push_str("\nlargest images\n");
@@ -121,41 +116,36 @@ pub fn table(r: &UsageReport) -> String {
     out
 }
 
-/// One CSV row per repository and per namespace (kind,name,...), sizes in bytes.
+fn csv_row(kind: &str, name: &str, repositories: u64, f: &UsageFigures) -> String {
+    format!(
+        "{kind},{name},{repositories},{},{},{},{},{},{},{},{},{}\n",
+        f.tags,
+        f.manifests,
+        f.tagged_manifests,
+        f.untagged_manifests,
+        f.blobs,
+        f.logical_size,
+        f.exclusive_size,
+        f.shared_size,
+        f.last_push_ms.map(|t| t.to_string()).unwrap_or_default()
+    )
+}
+
+/// One CSV row per namespace and per repository (kind,name,...), sizes in bytes.
 pub fn csv(r: &UsageReport) -> String {
     let mut out = String::from(
         "kind,name,repositories,tags,manifests,tagged_manifests,untagged_manifests,blobs,logical_size,exclusive_size,shared_size,last_push_ms\n",
     );
     for n in &r.namespaces {
-        out.push_str(&format!(
-            "namespace,{},{},{},{},{},{},{},{},{},{},{}\n",
-            n.namespace,
+        out.push_str(&csv_row(
+            "namespace",
+            &n.namespace,
             n.repositories,
-            n.tags,
-            n.manifests,
-            n.tagged_manifests,
-            n.untagged_manifests,
-            n.blobs,
-            n.logical_size,
-            n.exclusive_size,
-            n.shared_size,
-            n.last_push_ms.map(|t| t.to_string()).unwrap_or_default()
+            &n.figures,
         ));
     }
     for x in &r.repositories {
-        out.push_str(&format!(
-            "repository,{},1,{},{},{},{},{},{},{},{},{}\n",
-            x.repository,
-            x.tags,
-            x.manifests,
-            x.tagged_manifests,
-            x.untagged_manifests,
-            x.blobs,
-            x.logical_size,
-            x.exclusive_size,
-            x.shared_size,
-            x.last_push_ms.map(|t| t.to_string()).unwrap_or_default()
-        ));
+        out.push_str(&csv_row("repository", &x.repository, 1, &x.figures));
     }
     out
 }

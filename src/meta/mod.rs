@@ -11,7 +11,9 @@ mod sqlite;
 mod usage;
 
 pub use gc::{BlobDelete, GcBlob, GcManifest, GcPlan, GcPolicy};
-pub use usage::{LargestBlob, LargestImage, NamespaceUsage, RegistryUsage, RepositoryUsage};
+pub use usage::{
+    LargestBlob, LargestImage, NamespaceUsage, RegistryUsage, RepositoryUsage, UsageFigures,
+};
 
 use std::collections::HashSet;
 use std::sync::Arc;

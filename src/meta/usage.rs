@@ -8,12 +8,13 @@ use sqlx::any::AnyRow;
 
 use super::{MetaStore, digest_col};
 
+/// The figures a repository and a namespace share.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct RepositoryUsage {
-    pub repository: String,
+pub struct UsageFigures {
     pub tags: u64,
     pub manifests: u64,
     pub tagged_manifests: u64,
+    /// Manifests no tag points at and no index lists.
     pub untagged_manifests: u64,
     pub blobs: u64,
     pub logical_size: u64,
@@ -23,18 +24,18 @@ pub struct RepositoryUsage {
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RepositoryUsage {
+    pub repository: String,
+    #[serde(flatten)]
+    pub figures: UsageFigures,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct NamespaceUsage {
     pub namespace: String,
     pub repositories: u64,
-    pub tags: u64,
-    pub manifests: u64,
-    pub tagged_manifests: u64,
-    pub untagged_manifests: u64,
-    pub blobs: u64,
-    pub logical_size: u64,
-    pub exclusive_size: u64,
-    pub shared_size: u64,
-    pub last_push_ms: Option<i64>,
+    #[serde(flatten)]
+    pub figures: UsageFigures,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -69,6 +70,23 @@ fn count(r: &AnyRow, col: &str) -> anyhow::Result<u64> {
     Ok(r.try_get::<i64, _>(col)?.max(0) as u64)
 }
 
+impl UsageFigures {
+    /// From a row of `repository_usage` or `namespace_usage` (same column names).
+    fn from_row(r: &AnyRow) -> anyhow::Result<Self> {
+        Ok(UsageFigures {
+            tags: count(r, "tags")?,
+            manifests: count(r, "manifests")?,
+            tagged_manifests: count(r, "tagged_manifests")?,
+            untagged_manifests: count(r, "untagged_manifests")?,
+            blobs: count(r, "blobs")?,
+            logical_size: count(r, "logical_size")?,
+            exclusive_size: count(r, "exclusive_size")?,
+            shared_size: count(r, "shared_size")?,
+            last_push_ms: r.try_get("last_push_ms")?,
+        })
+    }
+}
+
 /// `namespace` or anything below it (`team` matches `team/app`, not `teamx`).
 const UNDER: &str = "(CAST($1 AS TEXT) = '' OR {col} = $1 OR substr({col}, 1, length(CAST($1 AS TEXT)) + 1) = $1 || '/')";
 
@@ -87,15 +105,7 @@ impl MetaStore {
             .map(|r| {
                 Ok(RepositoryUsage {
                     repository: r.try_get("repository")?,
-                    tags: count(r, "tags")?,
-                    manifests: count(r, "manifests")?,
-                    tagged_manifests: count(r, "tagged_manifests")?,
-                    untagged_manifests: count(r, "untagged_manifests")?,
-                    blobs: count(r, "blobs")?,
-                    logical_size: count(r, "logical_size")?,
-                    exclusive_size: count(r, "exclusive_size")?,
-                    shared_size: count(r, "shared_size")?,
-                    last_push_ms: r.try_get("last_push_ms")?,
+                    figures: UsageFigures::from_row(r)?,
                 })
             })
             .collect()
@@ -116,15 +126,7 @@ impl MetaStore {
                 Ok(NamespaceUsage {
                     namespace: r.try_get("namespace")?,
                     repositories: count(r, "repositories")?,
-                    tags: count(r, "tags")?,
-                    manifests: count(r, "manifests")?,
-                    tagged_manifests: count(r, "tagged_manifests")?,
-                    untagged_manifests: count(r, "untagged_manifests")?,
-                    blobs: count(r, "blobs")?,
-                    logical_size: count(r, "logical_size")?,
-                    exclusive_size: count(r, "exclusive_size")?,
-                    shared_size: count(r, "shared_size")?,
-                    last_push_ms: r.try_get("last_push_ms")?,
+                    figures: UsageFigures::from_row(r)?,
                 })
             })
             .collect()

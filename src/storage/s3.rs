@@ -287,29 +287,52 @@ impl S3Driver {
         Ok(buf)
     }
 
+    /// Starts a multipart upload of `key` (with the configured class and encryption).
+    async fn create_multipart(&self, key: &str) -> StorageResult<String> {
+        let req = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/octet-stream");
+        let out = object_options!(self, req)
+            .send()
+            .await
+            .map_err(|e| s3_err("CreateMultipartUpload", e))?;
+        out.upload_id().map(str::to_owned).ok_or_else(|| {
+            StorageError::Other(anyhow::anyhow!(
+                "S3 CreateMultipartUpload returned no upload id"
+            ))
+        })
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> StorageResult<()> {
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| s3_err("CompleteMultipartUpload", e))?;
+        Ok(())
+    }
+
     async fn ensure_multipart(&self, id: &str, st: &mut UploadState) -> StorageResult<String> {
         if let Some(m) = &st.multipart {
             return Ok(m.clone());
         }
-        let mut req = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(self.upload_key(id))
-            .content_type("application/octet-stream");
-        req = object_options!(self, req);
-        let out = req
-            .send()
-            .await
-            .map_err(|e| s3_err("CreateMultipartUpload", e))?;
-        let upload_id = out
-            .upload_id()
-            .ok_or_else(|| {
-                StorageError::Other(anyhow::anyhow!(
-                    "S3 CreateMultipartUpload returned no upload id"
-                ))
-            })?
-            .to_owned();
+        let upload_id = self.create_multipart(&self.upload_key(id)).await?;
         st.multipart = Some(upload_id.clone());
         Ok(upload_id)
     }
@@ -441,19 +464,9 @@ impl S3Driver {
                         .build()
                 })
                 .collect();
-            self.client
-                .complete_multipart_upload()
-                .bucket(&self.bucket)
-                .key(self.upload_key(id))
-                .upload_id(st.multipart.clone().unwrap_or_default())
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| s3_err("CompleteMultipartUpload", e))?;
+            let upload_id = st.multipart.clone().unwrap_or_default();
+            self.complete_multipart(&self.upload_key(id), &upload_id, parts)
+                .await?;
             self.copy(&self.upload_key(id), &dest, size).await?;
         }
         if let Err(e) = self.delete_prefix(&self.upload_prefix(id)).await {
@@ -500,20 +513,7 @@ impl S3Driver {
             req.send().await.map_err(|e| s3_err("CopyObject", e))?;
             return Ok(());
         }
-        let mut create = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(dest)
-            .content_type("application/octet-stream");
-        create = object_options!(self, create);
-        let upload_id = create
-            .send()
-            .await
-            .map_err(|e| s3_err("CreateMultipartUpload (copy)", e))?
-            .upload_id()
-            .unwrap_or_default()
-            .to_owned();
+        let upload_id = self.create_multipart(dest).await?;
         // At most 10,000 parts: grow the copy part size for huge objects.
         let chunk = self
             .copy_chunk_size
@@ -564,19 +564,7 @@ impl S3Driver {
                 }
             }
         }
-        self.client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(dest)
-            .upload_id(&upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| s3_err("CompleteMultipartUpload (copy)", e))?;
+        self.complete_multipart(dest, &upload_id, parts).await?;
         Ok(())
     }
 
