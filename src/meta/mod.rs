@@ -236,11 +236,18 @@ impl MetaStore {
         Ok(())
     }
 
-    pub async fn begin_write(&self) -> anyhow::Result<WriteTx> {
-        let gate = match &self.write_gate {
+    /// On SQLite, the in-process writer gate (None on PostgreSQL). Every write takes it, also
+    /// single-statement ones: a write that bypassed it would meet SQLite's busy handler, which
+    /// sleeps for up to 100 ms at a time.
+    async fn gate(&self) -> Option<OwnedMutexGuard<()>> {
+        match &self.write_gate {
             Some(g) => Some(g.clone().lock_owned().await),
             None => None,
-        };
+        }
+    }
+
+    pub async fn begin_write(&self) -> anyhow::Result<WriteTx> {
+        let gate = self.gate().await;
         let tx = self.pool.begin_with(self.dialect.begin_write()).await?;
         Ok(WriteTx {
             tx,
@@ -358,15 +365,19 @@ impl MetaStore {
         let Some(repo_id) = self.repository_id(repo).await? else {
             return Ok(None);
         };
-        let rows = sqlx::query(
-            "SELECT name FROM tags WHERE repository_id = $1 AND name > $2 ORDER BY name LIMIT $3",
+        // One row, the names joined, rather than a row per tag: at 100k tags the per-row cost
+        // of the driver dominates. Tag names cannot hold a comma.
+        let joined: Option<String> = sqlx::query_scalar(
+            "SELECT string_agg(name, ',' ORDER BY name) FROM (
+                 SELECT name FROM tags WHERE repository_id = $1 AND name > $2 ORDER BY name LIMIT $3
+             ) page",
         )
         .bind(repo_id)
         .bind(last.unwrap_or(""))
         .bind(limit.map_or(i64::MAX, i64::from))
-        .fetch_all(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(Some(rows.iter().map(|r| r.get::<String, _>(0)).collect()))
+        Ok(Some(split_names(joined)))
     }
 
     /// Repositories holding at least one manifest, after `last` in byte order.
@@ -375,16 +386,19 @@ impl MetaStore {
         last: Option<&str>,
         limit: Option<u32>,
     ) -> anyhow::Result<Vec<String>> {
-        let rows = sqlx::query(
-            "SELECT r.name FROM repositories r
-             WHERE r.name > $1 AND EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)
-             ORDER BY r.name LIMIT $2",
+        // As for tags: one row of joined names. Repository names cannot hold a comma.
+        let joined: Option<String> = sqlx::query_scalar(
+            "SELECT string_agg(name, ',' ORDER BY name) FROM (
+                 SELECT r.name FROM repositories r
+                 WHERE r.name > $1 AND EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)
+                 ORDER BY r.name LIMIT $2
+             ) page",
         )
         .bind(last.unwrap_or(""))
         .bind(limit.map_or(i64::MAX, i64::from))
-        .fetch_all(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+        Ok(split_names(joined))
     }
 
     pub async fn referrers(
@@ -480,7 +494,7 @@ impl MetaStore {
         hash_state: &[u8],
         driver_state: &str,
     ) -> anyhow::Result<bool> {
-        let done = sqlx::query(
+        let query = sqlx::query(
             "UPDATE uploads SET size = $3, hash_state = $4, driver_state = $5, updated_at = $6
              WHERE id = $1 AND size = $2",
         )
@@ -489,17 +503,16 @@ impl MetaStore {
         .bind(size as i64)
         .bind(hash_state)
         .bind(driver_state)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        .bind(now_ms());
+        let _gate = self.gate().await;
+        let done = query.execute(&self.pool).await?;
         Ok(done.rows_affected() == 1)
     }
 
     pub async fn delete_upload(&self, id: &str) -> anyhow::Result<bool> {
-        let done = sqlx::query("DELETE FROM uploads WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let query = sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id);
+        let _gate = self.gate().await;
+        let done = query.execute(&self.pool).await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -820,6 +833,14 @@ impl MetaStore {
 }
 
 /// Every proper path prefix of a repository name: "team/app/web" → "team", "team/app".
+/// Names joined with commas by `string_agg` (NULL when there were none).
+fn split_names(joined: Option<String>) -> Vec<String> {
+    match joined {
+        Some(j) if !j.is_empty() => j.split(',').map(str::to_string).collect(),
+        _ => Vec::new(),
+    }
+}
+
 pub fn namespaces_of(name: &str) -> impl Iterator<Item = &str> {
     name.match_indices('/').map(move |(i, _)| &name[..i])
 }

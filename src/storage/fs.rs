@@ -22,7 +22,45 @@ use crate::oci::Digest;
 
 /// Appends are written in pieces of this size, one piece in flight while the next arrives.
 const WRITE_PIECE: usize = 1 << 20;
-const READ_PIECE: u64 = 1 << 20;
+/// Blobs are read in pieces of this size.
+const READ_PIECE: u64 = 256 << 10;
+
+/// Starts writing a range of dirty pages to disk without waiting for it, so that the
+/// fdatasync that ends an append finds little left to write: a large push then streams to
+/// disk as it arrives instead of writing everything at the end. Only a hint: durability still
+/// comes from fdatasync.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, at: u64, len: usize) {
+    // SAFETY: sync_file_range on a valid open descriptor; it reads no memory of ours.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            at as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _at: u64, _len: usize) {}
+
+/// Exactly `len` bytes at `pos`.
+fn read_piece(file: &File, pos: u64, len: usize) -> io::Result<Bytes> {
+    let mut buf = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        let n = file.read_at(&mut buf[filled..], pos + filled as u64)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                ErrorKind::UnexpectedEof,
+                "blob is shorter than recorded",
+            ));
+        }
+        filled += n;
+    }
+    Ok(Bytes::from(buf))
+}
 
 pub struct FsDriver {
     root: PathBuf,
@@ -153,7 +191,11 @@ impl FsDriver {
                 let file = upload.file.clone();
                 let at = pos;
                 pos += data.len() as u64;
-                in_flight = Some(spawn_blocking(move || file.write_all_at(&data, at)));
+                in_flight = Some(spawn_blocking(move || {
+                    file.write_all_at(&data, at)?;
+                    start_writeback(&file, at, data.len());
+                    Ok(())
+                }));
             }
             if done {
                 break;
@@ -222,38 +264,50 @@ impl FsDriver {
         len: u64,
     ) -> StorageResult<ByteStream> {
         let path = self.blob_path(digest);
-        let file = blocking(move || File::open(path))
-            .await
-            .map_err(not_found)?;
+        // A blob that fits in one piece is opened and read in one blocking call.
+        let (file, first) = blocking(move || {
+            let file = File::open(path)?;
+            let first = if len <= READ_PIECE {
+                Some(read_piece(&file, start, len as usize)?)
+            } else {
+                None
+            };
+            Ok((file, first))
+        })
+        .await
+        .map_err(not_found)?;
+        if let Some(piece) = first {
+            return Ok(Box::pin(futures_util::stream::once(
+                async move { Ok(piece) },
+            )));
+        }
+        // Larger ones are read a piece ahead: the next read runs while this piece is sent.
         let file = Arc::new(file);
         let end = start + len;
-        let stream = futures_util::stream::try_unfold(start, move |pos| {
+        let read = move |pos: u64| {
             let file = file.clone();
-            async move {
-                if pos >= end {
-                    return Ok(None);
+            let want = (end - pos).min(READ_PIECE) as usize;
+            (
+                pos + want as u64,
+                spawn_blocking(move || read_piece(&file, pos, want)),
+            )
+        };
+        let (next, pending) = read(start);
+        let stream =
+            futures_util::stream::try_unfold((next, Some(pending)), move |(next, pending)| {
+                let read = read.clone();
+                async move {
+                    let Some(pending) = pending else {
+                        return Ok(None);
+                    };
+                    let piece = pending.await.map_err(io::Error::other)??;
+                    let ahead = (next < end).then(|| read(next));
+                    Ok(Some(match ahead {
+                        Some((after, handle)) => (piece, (after, Some(handle))),
+                        None => (piece, (next, None)),
+                    }))
                 }
-                let want = (end - pos).min(READ_PIECE) as usize;
-                let buf = blocking(move || {
-                    let mut buf = vec![0u8; want];
-                    let mut filled = 0;
-                    while filled < want {
-                        let n = file.read_at(&mut buf[filled..], pos + filled as u64)?;
-                        if n == 0 {
-                            return Err(io::Error::new(
-                                ErrorKind::UnexpectedEof,
-                                "blob is shorter than recorded",
-                            ));
-                        }
-                        filled += n;
-                    }
-                    Ok(buf)
-                })
-                .await?;
-                let n = buf.len() as u64;
-                Ok(Some((Bytes::from(buf), pos + n)))
-            }
-        });
+            });
         Ok(Box::pin(stream))
     }
 

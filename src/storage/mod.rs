@@ -7,6 +7,8 @@
 mod fs;
 mod s3;
 
+pub use s3::https_client;
+
 use std::io;
 use std::pin::Pin;
 

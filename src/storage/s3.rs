@@ -179,6 +179,7 @@ impl S3Driver {
             "storage.s3.multipartcopythresholdsize must be at most 5 GiB: larger objects cannot be copied in one request"
         );
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(https_client())
             .region(Region::new(c.region.clone()));
         if let (Some(ak), Some(sk)) = (&c.accesskey, &c.secretkey) {
             loader =
@@ -854,4 +855,13 @@ mod tests {
         assert_eq!(UploadState::parse("").unwrap().size(), 0);
         assert!(UploadState::parse("{not json").is_err());
     }
+}
+
+/// The SDK's HTTP(S) client: hyper with rustls on ring, trusting the platform's roots.
+pub fn https_client() -> aws_sdk_s3::config::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
 }

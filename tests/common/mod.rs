@@ -209,6 +209,7 @@ impl TestBucket {
             .region(aws_sdk_s3::config::Region::new("us-east-1"))
             .endpoint_url(&self.endpoint)
             .force_path_style(true)
+            .http_client(wharf::storage::https_client())
             .credentials_provider(aws_sdk_s3::config::Credentials::new(
                 "test", "test", None, None, "tests",
             ))

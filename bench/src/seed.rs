@@ -1,0 +1,425 @@
+//! Large stores made directly in each registry's own format, because pushing 100k tags or
+//! blobs through either API would take longer than the whole benchmark:
+//! - Distribution: its storage tree (`docker/registry/v2/blobs/...` and
+//!   `repositories/<name>/_manifests|_layers/...` link files);
+//! - wharf: rows in its database (the schema its migrations create) and blob files in the
+//!   same `blobs/sha256/<2 hex>/<hex>/data` layout.
+//!
+//! Both stores hold the same repositories, tags, manifests and blobs.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde_json::json;
+use sqlx::any::{AnyArguments, AnyPoolOptions};
+use sqlx::{Any, Arguments, Executor};
+
+use crate::images::{Noise, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, digest_of, sha256_hex};
+
+/// Distribution's storage tree (also the layout of wharf's blob files).
+pub struct Tree {
+    v2: PathBuf,
+}
+
+impl Tree {
+    pub fn new(root: &Path) -> Tree {
+        Tree {
+            v2: root.join("docker/registry/v2"),
+        }
+    }
+
+    fn write(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+        if let Err(e) = std::fs::write(path, data) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(e.into());
+            }
+            std::fs::create_dir_all(path.parent().unwrap())?;
+            std::fs::write(path, data)?;
+        }
+        Ok(())
+    }
+
+    pub fn blob(&self, digest: &str, data: &[u8]) -> anyhow::Result<()> {
+        let hex = &digest["sha256:".len()..];
+        Self::write(
+            &self
+                .v2
+                .join("blobs/sha256")
+                .join(&hex[..2])
+                .join(hex)
+                .join("data"),
+            data,
+        )
+    }
+
+    fn link(&self, repo: &str, dir: &str, digest: &str) -> anyhow::Result<()> {
+        let hex = &digest["sha256:".len()..];
+        let path = self.v2.join("repositories").join(repo).join(dir);
+        Self::write(
+            &path.join("sha256").join(hex).join("link"),
+            digest.as_bytes(),
+        )
+    }
+
+    pub fn layer_link(&self, repo: &str, digest: &str) -> anyhow::Result<()> {
+        self.link(repo, "_layers", digest)
+    }
+
+    pub fn revision_link(&self, repo: &str, digest: &str) -> anyhow::Result<()> {
+        self.link(repo, "_manifests/revisions", digest)
+    }
+
+    pub fn tag(&self, repo: &str, tag: &str, digest: &str) -> anyhow::Result<()> {
+        let path = self
+            .v2
+            .join("repositories")
+            .join(repo)
+            .join("_manifests/tags")
+            .join(tag);
+        Self::write(&path.join("current/link"), digest.as_bytes())
+    }
+
+    /// Number of blob data files.
+    pub fn count_blobs(&self) -> anyhow::Result<usize> {
+        let mut n = 0;
+        let root = self.v2.join("blobs/sha256");
+        if !root.exists() {
+            return Ok(0);
+        }
+        for prefix in std::fs::read_dir(root)? {
+            for blob in std::fs::read_dir(prefix?.path())? {
+                n += blob?.path().join("data").exists() as usize;
+            }
+        }
+        Ok(n)
+    }
+}
+
+enum V {
+    I(i64),
+    S(String),
+    B(Vec<u8>),
+}
+
+/// Rows for wharf's tables, inserted many to a statement.
+pub struct Rows {
+    pool: sqlx::AnyPool,
+    tables: Vec<(&'static str, &'static str, usize, Vec<V>)>,
+    postgres: bool,
+}
+
+/// Tables in foreign-key order, with their columns.
+const TABLES: &[(&str, &str)] = &[
+    ("repositories", "id, name, created_at"),
+    ("repository_namespaces", "namespace, repository_id"),
+    ("blobs", "digest, size, status, created_at"),
+    ("repository_blobs", "repository_id, blob_digest, created_at"),
+    (
+        "manifests",
+        "id, repository_id, digest, media_type, config_digest, payload, total_size, created_at",
+    ),
+    ("manifest_blobs", "manifest_id, repository_id, blob_digest"),
+    ("tags", "repository_id, name, manifest_id, updated_at"),
+    ("gc_blob_reviews", "blob_digest, due"),
+];
+
+impl Rows {
+    pub async fn open(url: &str) -> anyhow::Result<Rows> {
+        wharf::meta::migrate(url).await?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(url)
+            .await?;
+        if url.starts_with("sqlite") {
+            pool.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF")
+                .await?;
+        }
+        Ok(Rows {
+            pool,
+            tables: TABLES
+                .iter()
+                .map(|(t, c)| (*t, *c, c.split(',').count(), Vec::new()))
+                .collect(),
+            postgres: url.starts_with("postgres"),
+        })
+    }
+
+    fn add(&mut self, table: &str, row: Vec<V>) {
+        let t = self.tables.iter_mut().find(|t| t.0 == table).unwrap();
+        assert_eq!(row.len(), t.2, "{table}");
+        t.3.extend(row);
+    }
+
+    async fn flush_if_full(&mut self) -> anyhow::Result<()> {
+        if self.tables.iter().any(|t| t.3.len() > 20_000) {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn flush(&mut self) -> anyhow::Result<()> {
+        for (table, cols, width, values) in &mut self.tables {
+            for chunk in std::mem::take(values).chunks(*width * 500) {
+                let rows = chunk.len() / *width;
+                let mut sql = format!("INSERT INTO {table} ({cols}) VALUES ");
+                let mut args = AnyArguments::default();
+                for r in 0..rows {
+                    sql.push_str(if r == 0 { "(" } else { ",(" });
+                    for c in 0..*width {
+                        if c > 0 {
+                            sql.push(',');
+                        }
+                        sql.push_str(&format!("${}", r * *width + c + 1));
+                    }
+                    sql.push(')');
+                }
+                for v in chunk {
+                    match v {
+                        V::I(i) => args.add(*i),
+                        V::S(s) => args.add(s.clone()),
+                        V::B(b) => args.add(b.clone()),
+                    }
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
+                sqlx::query_with::<Any, _>(&sql, args)
+                    .execute(&self.pool)
+                    .await
+                    .with_context(|| format!("seeding {table}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn finish(mut self) -> anyhow::Result<()> {
+        self.flush().await?;
+        if self.postgres {
+            for t in ["repositories", "manifests"] {
+                self.pool
+                    .execute(format!("SELECT setval(pg_get_serial_sequence('{t}', 'id'), (SELECT MAX(id) FROM {t}))").as_str())
+                    .await?;
+            }
+            self.pool.execute("ANALYZE").await?;
+        } else {
+            self.pool.execute("ANALYZE").await?;
+        }
+        self.pool.close().await;
+        Ok(())
+    }
+
+    fn repository(&mut self, id: i64, name: &str, at: i64) {
+        self.add("repositories", vec![V::I(id), V::S(name.into()), V::I(at)]);
+        for ns in wharf::meta::namespaces_of(name) {
+            self.add("repository_namespaces", vec![V::S(ns.into()), V::I(id)]);
+        }
+    }
+
+    fn blob(&mut self, digest: &str, size: usize, at: i64) {
+        self.add(
+            "blobs",
+            vec![
+                V::S(digest.into()),
+                V::I(size as i64),
+                V::S("active".into()),
+                V::I(at),
+            ],
+        );
+    }
+
+    fn repository_blob(&mut self, repo: i64, digest: &str, at: i64) {
+        self.add(
+            "repository_blobs",
+            vec![V::I(repo), V::S(digest.into()), V::I(at)],
+        );
+    }
+
+    fn manifest(&mut self, id: i64, repo: &str, repo_id: i64, m: &Image, at: i64) {
+        let _ = repo;
+        let total = m.manifest.len() + m.blobs.iter().map(|b| b.1).sum::<usize>();
+        self.add(
+            "manifests",
+            vec![
+                V::I(id),
+                V::I(repo_id),
+                V::S(m.digest.clone()),
+                V::S(OCI_MANIFEST.into()),
+                V::S(m.blobs[0].0.clone()),
+                V::B(m.manifest.clone()),
+                V::I(total as i64),
+                V::I(at),
+            ],
+        );
+        for (d, _) in &m.blobs {
+            self.add(
+                "manifest_blobs",
+                vec![V::I(id), V::I(repo_id), V::S(d.clone())],
+            );
+        }
+    }
+
+    fn tag(&mut self, repo_id: i64, tag: &str, manifest_id: i64, at: i64) {
+        self.add(
+            "tags",
+            vec![V::I(repo_id), V::S(tag.into()), V::I(manifest_id), V::I(at)],
+        );
+    }
+}
+
+/// A small image: config and layers (digest, size), its manifest bytes and digest.
+pub struct Image {
+    pub blobs: Vec<(String, usize)>,
+    pub data: Vec<Vec<u8>>,
+    pub manifest: Vec<u8>,
+    pub digest: String,
+}
+
+impl Image {
+    fn new(seed: u64, layers: usize, layer_size: usize) -> Image {
+        let layer_data: Vec<Vec<u8>> = (0..layers)
+            .map(|k| Noise::bytes(seed * 64 + k as u64, layer_size))
+            .collect();
+        let layer_digests: Vec<String> = layer_data.iter().map(|d| digest_of(d)).collect();
+        let config = serde_json::to_vec(&json!({
+            "architecture": "amd64", "os": "linux", "created": format!("seed-{seed}"),
+            "rootfs": {"type": "layers", "diff_ids": layer_digests},
+        }))
+        .unwrap();
+        let config_digest = digest_of(&config);
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len()},
+            "layers": layer_digests.iter().map(|d| json!({"mediaType": OCI_LAYER, "digest": d, "size": layer_size})).collect::<Vec<_>>(),
+        }))
+        .unwrap();
+        let mut blobs = vec![(config_digest, config.len())];
+        blobs.extend(layer_digests.into_iter().map(|d| (d, layer_size)));
+        let mut data = vec![config];
+        data.extend(layer_data);
+        let digest = format!("sha256:{}", sha256_hex(&manifest));
+        Image {
+            blobs,
+            data,
+            manifest,
+            digest,
+        }
+    }
+}
+
+fn old() -> i64 {
+    wharf::meta::now_ms() - 48 * 3600 * 1000
+}
+
+/// The listing store: repository `lists/tags` with `size` tags, and `size - 1` more
+/// repositories `lists/r000000`... with one tag each, all on one small image.
+/// Returns the name of the repository 90% of the way through the catalog.
+pub async fn lists(
+    dist: &Path,
+    wharf_root: &Path,
+    wharf_db: &str,
+    size: usize,
+) -> anyhow::Result<String> {
+    let (dist, files) = (Tree::new(dist), Tree::new(wharf_root));
+    let mut rows = Rows::open(wharf_db).await?;
+    let img = Image::new(1, 1, 1024);
+    let at = old();
+    for (i, (d, _)) in img.blobs.iter().enumerate() {
+        dist.blob(d, &img.data[i])?;
+        files.blob(d, &img.data[i])?;
+        rows.blob(d, img.data[i].len(), at);
+    }
+    dist.blob(&img.digest, &img.manifest)?;
+    let repo_names: Vec<String> = std::iter::once("lists/tags".to_string())
+        .chain((0..size - 1).map(|i| format!("lists/r{i:06}")))
+        .collect();
+    for (i, name) in repo_names.iter().enumerate() {
+        let id = i as i64 + 1;
+        dist.revision_link(name, &img.digest)?;
+        rows.repository(id, name, at);
+        for (d, _) in &img.blobs {
+            rows.repository_blob(id, d, at);
+        }
+        rows.manifest(id, name, id, &img, at);
+        for (d, _) in &img.blobs {
+            dist.layer_link(name, d)?;
+        }
+        if i == 0 {
+            for t in 0..size {
+                let tag = format!("t{t:06}");
+                dist.tag(name, &tag, &img.digest)?;
+                rows.tag(id, &tag, id, at);
+            }
+        } else {
+            dist.tag(name, "latest", &img.digest)?;
+            rows.tag(id, "latest", id, at);
+        }
+        rows.flush_if_full().await?;
+    }
+    rows.finish().await?;
+    Ok(format!("lists/r{:06}", (size * 9 / 10).min(size - 2)))
+}
+
+pub struct GcStore {
+    pub images: usize,
+    pub garbage_images: usize,
+    /// Blob files Distribution should keep (manifests are blobs there) and wharf should keep.
+    pub dist_keep: usize,
+    pub wharf_keep: usize,
+    pub dist_blobs: usize,
+}
+
+pub const GC_LAYERS: usize = 8;
+
+/// The GC store: `blobs / 10` images of a config, 8 layers and a manifest (10 blobs in
+/// Distribution's count), in repositories of 100 images. 1% of the images had their manifest
+/// deleted (in Distribution: no revision link; in wharf: no manifest row, its blobs queued for
+/// review, as a DELETE leaves them); their blobs are the garbage.
+pub async fn gc(
+    dist: &Path,
+    wharf_root: &Path,
+    wharf_db: &str,
+    blobs: usize,
+) -> anyhow::Result<GcStore> {
+    let (dist, files) = (Tree::new(dist), Tree::new(wharf_root));
+    let mut rows = Rows::open(wharf_db).await?;
+    let images = blobs / (GC_LAYERS + 2);
+    let garbage_images = (images / 100).max(1);
+    let repos = images.div_ceil(100);
+    let at = old();
+    for r in 0..repos {
+        rows.repository(r as i64 + 1, &format!("gc/r{r:04}"), at);
+    }
+    // Spread garbage over the store rather than put it all at one end.
+    let stride = images / garbage_images;
+    for i in 0..images {
+        let img = Image::new(10_000 + i as u64, GC_LAYERS, 1024);
+        let (repo, repo_id) = (format!("gc/r{:04}", i % repos), (i % repos) as i64 + 1);
+        let garbage = i % stride == 0 && i / stride < garbage_images;
+        for (k, (d, size)) in img.blobs.iter().enumerate() {
+            dist.blob(d, &img.data[k])?;
+            dist.layer_link(&repo, d)?;
+            files.blob(d, &img.data[k])?;
+            rows.blob(d, *size, at);
+            rows.repository_blob(repo_id, d, at);
+            if garbage {
+                rows.add("gc_blob_reviews", vec![V::S(d.clone()), V::I(at)]);
+            }
+        }
+        dist.blob(&img.digest, &img.manifest)?;
+        if !garbage {
+            let id = i as i64 + 1;
+            dist.revision_link(&repo, &img.digest)?;
+            dist.tag(&repo, &format!("i{i}"), &img.digest)?;
+            rows.manifest(id, &repo, repo_id, &img, at);
+            rows.tag(repo_id, &format!("i{i}"), id, at);
+        }
+        rows.flush_if_full().await?;
+    }
+    rows.finish().await?;
+    let per_image = GC_LAYERS + 1;
+    Ok(GcStore {
+        images,
+        garbage_images,
+        dist_blobs: images * (per_image + 1),
+        dist_keep: (images - garbage_images) * (per_image + 1),
+        wharf_keep: (images - garbage_images) * per_image,
+    })
+}
