@@ -257,7 +257,7 @@ const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 
 /// The image sets the benchmark pushes and pulls with skopeo:
-/// - `large`: one image with a 1 GiB and a 256 MiB layer;
+/// - `large`: one image with a 1 GiB and a 4 MiB layer;
 /// - `small`: 8 images of 32 layers each, 4 KiB to 64 KiB, the first 8 shared by all;
 /// - `multiarch`: 2 indexes of linux/amd64 + linux/arm64 images with 4 layers of 8 MiB, 2 of
 ///   them shared by every image.
@@ -270,7 +270,7 @@ pub fn make_set(name: &str, dir: &Path) -> anyhow::Result<SetSummary> {
     let multiarch = name == "multiarch";
     match name {
         "large" => {
-            let layers = [(1, 1024 * MIB), (2, 256 * MIB)];
+            let layers = [(1, 1024 * MIB), (2, 4 * MIB)];
             let d = layout.image("amd64", &layers)?;
             layout.tag("large", &d);
             tags.push("large".to_string());

@@ -407,7 +407,7 @@ pub async fn list(
     );
     let entries = Arc::new(AtomicU64::new(0));
     let seen = entries.clone();
-    let r = run_for(1, secs, 10, 2000, move |_, _| {
+    let r = run_for(1, secs, 5, 2000, move |_, _| {
         let (t, path, key, expect, seen) = (
             t2.clone(),
             path2.clone(),

@@ -8,6 +8,7 @@
 //! Both stores hold the same repositories, tags, manifests and blobs.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use serde_json::json;
@@ -93,6 +94,22 @@ impl Tree {
         }
         Ok(n)
     }
+}
+
+/// `f(0..n)` on two threads (each index once); the first error wins.
+fn for_each_split(
+    n: usize,
+    f: impl Fn(usize) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<()> {
+    std::thread::scope(|scope| {
+        let f = &f;
+        let halves: Vec<_> = (0..2)
+            .map(|part| scope.spawn(move || (part..n).step_by(2).try_for_each(f)))
+            .collect();
+        halves
+            .into_iter()
+            .try_for_each(|h| h.join().expect("seeding thread panicked"))
+    })
 }
 
 enum V {
@@ -232,8 +249,7 @@ impl Rows {
         );
     }
 
-    fn manifest(&mut self, id: i64, repo: &str, repo_id: i64, m: &Image, at: i64) {
-        let _ = repo;
+    fn manifest(&mut self, id: i64, repo_id: i64, m: &Image, at: i64) {
         let total = m.manifest.len() + m.blobs.iter().map(|b| b.1).sum::<usize>();
         self.add(
             "manifests",
@@ -318,42 +334,61 @@ pub async fn lists(
     size: usize,
 ) -> anyhow::Result<String> {
     let (dist, files) = (Tree::new(dist), Tree::new(wharf_root));
+    let img = Arc::new(Image::new(1, 1, 1024));
+    let repo_names: Arc<Vec<String>> = Arc::new(
+        std::iter::once("lists/tags".to_string())
+            .chain((0..size - 1).map(|i| format!("lists/r{i:06}")))
+            .collect(),
+    );
+    // Files on one thread while the rows go in on another.
+    let tree = {
+        let (img, repo_names) = (img.clone(), repo_names.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            for (k, (d, _)) in img.blobs.iter().enumerate() {
+                dist.blob(d, &img.data[k])?;
+                files.blob(d, &img.data[k])?;
+            }
+            dist.blob(&img.digest, &img.manifest)?;
+            for_each_split(repo_names.len(), |i| {
+                let name = &repo_names[i];
+                dist.revision_link(name, &img.digest)?;
+                for (d, _) in &img.blobs {
+                    dist.layer_link(name, d)?;
+                }
+                if i == 0 {
+                    for t in 0..size {
+                        dist.tag(name, &format!("t{t:06}"), &img.digest)?;
+                    }
+                } else {
+                    dist.tag(name, "latest", &img.digest)?;
+                }
+                Ok(())
+            })
+        })
+    };
     let mut rows = Rows::open(wharf_db).await?;
-    let img = Image::new(1, 1, 1024);
     let at = old();
-    for (i, (d, _)) in img.blobs.iter().enumerate() {
-        dist.blob(d, &img.data[i])?;
-        files.blob(d, &img.data[i])?;
-        rows.blob(d, img.data[i].len(), at);
+    for (d, size) in &img.blobs {
+        rows.blob(d, *size, at);
     }
-    dist.blob(&img.digest, &img.manifest)?;
-    let repo_names: Vec<String> = std::iter::once("lists/tags".to_string())
-        .chain((0..size - 1).map(|i| format!("lists/r{i:06}")))
-        .collect();
     for (i, name) in repo_names.iter().enumerate() {
         let id = i as i64 + 1;
-        dist.revision_link(name, &img.digest)?;
         rows.repository(id, name, at);
         for (d, _) in &img.blobs {
             rows.repository_blob(id, d, at);
         }
-        rows.manifest(id, name, id, &img, at);
-        for (d, _) in &img.blobs {
-            dist.layer_link(name, d)?;
-        }
+        rows.manifest(id, id, &img, at);
         if i == 0 {
             for t in 0..size {
-                let tag = format!("t{t:06}");
-                dist.tag(name, &tag, &img.digest)?;
-                rows.tag(id, &tag, id, at);
+                rows.tag(id, &format!("t{t:06}"), id, at);
             }
         } else {
-            dist.tag(name, "latest", &img.digest)?;
             rows.tag(id, "latest", id, at);
         }
         rows.flush_if_full().await?;
     }
     rows.finish().await?;
+    tree.await??;
     Ok(format!("lists/r{:06}", (size * 9 / 10).min(size - 2)))
 }
 
@@ -379,41 +414,61 @@ pub async fn gc(
     blobs: usize,
 ) -> anyhow::Result<GcStore> {
     let (dist, files) = (Tree::new(dist), Tree::new(wharf_root));
-    let mut rows = Rows::open(wharf_db).await?;
     let images = blobs / (GC_LAYERS + 2);
     let garbage_images = (images / 100).max(1);
     let repos = images.div_ceil(100);
+    // Spread garbage over the store rather than put it all at one end.
+    let stride = images / garbage_images;
+    let is_garbage = move |i: usize| i % stride == 0 && i / stride < garbage_images;
+    let repo_of = move |i: usize| (format!("gc/r{:04}", i % repos), (i % repos) as i64 + 1);
+    let all: Arc<Vec<Image>> = Arc::new(
+        (0..images)
+            .map(|i| Image::new(10_000 + i as u64, GC_LAYERS, 1024))
+            .collect(),
+    );
+    // Files on one thread while the rows go in on another.
+    let tree = {
+        let all = all.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            for_each_split(all.len(), |i| {
+                let (img, (repo, _)) = (&all[i], repo_of(i));
+                for (k, (d, _)) in img.blobs.iter().enumerate() {
+                    dist.blob(d, &img.data[k])?;
+                    dist.layer_link(&repo, d)?;
+                    files.blob(d, &img.data[k])?;
+                }
+                dist.blob(&img.digest, &img.manifest)?;
+                if !is_garbage(i) {
+                    dist.revision_link(&repo, &img.digest)?;
+                    dist.tag(&repo, &format!("i{i}"), &img.digest)?;
+                }
+                Ok(())
+            })
+        })
+    };
+    let mut rows = Rows::open(wharf_db).await?;
     let at = old();
     for r in 0..repos {
         rows.repository(r as i64 + 1, &format!("gc/r{r:04}"), at);
     }
-    // Spread garbage over the store rather than put it all at one end.
-    let stride = images / garbage_images;
-    for i in 0..images {
-        let img = Image::new(10_000 + i as u64, GC_LAYERS, 1024);
-        let (repo, repo_id) = (format!("gc/r{:04}", i % repos), (i % repos) as i64 + 1);
-        let garbage = i % stride == 0 && i / stride < garbage_images;
-        for (k, (d, size)) in img.blobs.iter().enumerate() {
-            dist.blob(d, &img.data[k])?;
-            dist.layer_link(&repo, d)?;
-            files.blob(d, &img.data[k])?;
+    for (i, img) in all.iter().enumerate() {
+        let (_, repo_id) = repo_of(i);
+        for (d, size) in &img.blobs {
             rows.blob(d, *size, at);
             rows.repository_blob(repo_id, d, at);
-            if garbage {
+            if is_garbage(i) {
                 rows.add("gc_blob_reviews", vec![V::S(d.clone()), V::I(at)]);
             }
         }
-        dist.blob(&img.digest, &img.manifest)?;
-        if !garbage {
+        if !is_garbage(i) {
             let id = i as i64 + 1;
-            dist.revision_link(&repo, &img.digest)?;
-            dist.tag(&repo, &format!("i{i}"), &img.digest)?;
-            rows.manifest(id, &repo, repo_id, &img, at);
+            rows.manifest(id, repo_id, img, at);
             rows.tag(repo_id, &format!("i{i}"), id, at);
         }
         rows.flush_if_full().await?;
     }
     rows.finish().await?;
+    tree.await??;
     let per_image = GC_LAYERS + 1;
     Ok(GcStore {
         images,
