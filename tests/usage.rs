@@ -9,7 +9,10 @@ use common::images::{self, Image, OCI_INDEX, OCI_MANIFEST};
 use common::{Backend, TestEnv, sha256};
 use serde_json::Value;
 
-backend_tests!(usage_matches_ground_truth);
+backend_tests!(
+    usage_matches_ground_truth,
+    namespaces_of_older_repositories_are_backfilled_once
+);
 
 /// What one repository holds, as the test pushed it.
 #[derive(Default)]
@@ -287,4 +290,56 @@ async fn usage_matches_ground_truth(b: Backend) {
         .unwrap();
     assert_eq!(solo_row["tags"], 0);
     assert_eq!(solo_row["untagged_manifests"], 1);
+}
+
+/// A database from before namespaces were recorded gets them at the next start, once: later
+/// starts do not scan the repositories again.
+async fn namespaces_of_older_repositories_are_backfilled_once(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let s = env.start().await;
+    let img = images::single(OCI_MANIFEST, "linux/amd64", &[1], 1000);
+    s.client.push_image("team/app/web", "v1", &img).await;
+    s.stop().await;
+
+    sqlx::any::install_default_drivers();
+    let db = sqlx::AnyPool::connect(&env.db.url).await.unwrap();
+    let namespaces = || async {
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT namespace FROM repository_namespaces ORDER BY namespace")
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        rows
+    };
+    assert_eq!(namespaces().await, ["team", "team/app"]);
+
+    // As an older wharf left it: no namespaces, no record of the backfill.
+    sqlx::query("DELETE FROM repository_namespaces")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM wharf_state")
+        .execute(&db)
+        .await
+        .unwrap();
+    env.start().await.stop().await;
+    assert_eq!(namespaces().await, ["team", "team/app"]);
+    let usage = {
+        let s = env.start().await;
+        let r = s.client.get("/admin/usage?namespace=team").await;
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        s.stop().await;
+        v
+    };
+    assert!(usage.to_string().contains("team/app/web"), "{usage}");
+
+    // Recorded as done: a later start leaves the table alone.
+    sqlx::query("DELETE FROM repository_namespaces")
+        .execute(&db)
+        .await
+        .unwrap();
+    env.start().await.stop().await;
+    assert!(namespaces().await.is_empty());
+    db.close().await;
 }

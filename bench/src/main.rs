@@ -203,7 +203,17 @@ impl Bench {
         load::push_small(&t, &mut out, "raw/small", 4096, 16, self.secs, self.salt).await?;
         out.finish();
         let mut out = Out::start(label, &format!("{prefix}.raw.get_4KiB_x32"), pid);
-        load::get_small(&t, &mut out, "raw/get", 4096, shape.get_blobs, 32, self.secs, self.salt).await?;
+        load::get_small(
+            &t,
+            &mut out,
+            "raw/get",
+            4096,
+            shape.get_blobs,
+            32,
+            self.secs,
+            self.salt,
+        )
+        .await?;
         out.finish();
         let mut out = Out::start(label, &format!("{prefix}.raw.big_blob"), pid);
         load::big(&t, &mut out, "raw/big", shape.big, self.salt).await?;

@@ -49,6 +49,9 @@ pub fn reset_peak_rss(pid: u32) {
 
 impl Out {
     pub fn start(label: &str, scenario: &str, pid: Option<u32>) -> Out {
+        // Dirty pages a previous scenario left (Distribution never fsyncs) would otherwise be
+        // written back during this one, at its expense.
+        unsafe { libc::sync() };
         if let Some(pid) = pid {
             reset_peak_rss(pid);
         }

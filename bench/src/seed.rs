@@ -97,10 +97,7 @@ impl Tree {
 }
 
 /// `f(0..n)` on two threads (each index once); the first error wins.
-fn for_each_split(
-    n: usize,
-    f: impl Fn(usize) -> anyhow::Result<()> + Sync,
-) -> anyhow::Result<()> {
+fn for_each_split(n: usize, f: impl Fn(usize) -> anyhow::Result<()> + Sync) -> anyhow::Result<()> {
     std::thread::scope(|scope| {
         let f = &f;
         let halves: Vec<_> = (0..2)

@@ -209,21 +209,35 @@ impl MetaStore {
         Ok(store)
     }
 
-    /// Repositories created before namespaces were recorded get theirs (once).
+    /// Repositories created before namespaces were recorded get theirs (once per database:
+    /// done is recorded in wharf_state).
     async fn backfill_namespaces(&self) -> anyhow::Result<()> {
+        const DONE: &str = "namespaces_backfilled";
+        let done: Option<String> =
+            sqlx::query_scalar("SELECT value FROM wharf_state WHERE key = $1")
+                .bind(DONE)
+                .fetch_optional(&self.pool)
+                .await?;
+        if done.is_some() {
+            return Ok(());
+        }
         let rows = sqlx::query(
             "SELECT r.id, r.name FROM repositories r
              WHERE r.name LIKE '%/%' AND NOT EXISTS (SELECT 1 FROM repository_namespaces rn WHERE rn.repository_id = r.id)",
         )
         .fetch_all(&self.pool)
         .await?;
-        if rows.is_empty() {
-            return Ok(());
-        }
         let mut tx = self.begin_write().await?;
         for r in &rows {
             insert_namespaces(&mut tx.tx, r.try_get(0)?, &r.try_get::<String, _>(1)?).await?;
         }
+        sqlx::query(
+            "INSERT INTO wharf_state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(DONE)
+        .bind(rows.len().to_string())
+        .execute(&mut *tx.tx)
+        .await?;
         tx.commit().await
     }
 
