@@ -195,6 +195,7 @@ impl Bench {
                 layout,
                 summary,
                 &scratch,
+                if name == "large" { 2 } else { 1 },
             )?;
             out.finish();
         }
