@@ -49,16 +49,20 @@ impl Target {
             .send()
             .await?;
         ensure!(r.status() == 202, "POST upload: {}", r.status());
+        self.location(&r)
+    }
+
+    /// The response's Location, made absolute.
+    fn location(&self, r: &reqwest::Response) -> anyhow::Result<String> {
         let loc = r
             .headers()
             .get("location")
-            .context("upload without Location")?
-            .to_str()?
-            .to_string();
+            .context("response without Location")?
+            .to_str()?;
         Ok(if loc.starts_with('/') {
-            self.url(&loc)
+            self.url(loc)
         } else {
-            loc
+            loc.to_string()
         })
     }
 
@@ -94,16 +98,7 @@ impl Target {
             .send()
             .await?;
         ensure!(r.status() == 202, "PATCH blob: {}", r.status());
-        let loc = r
-            .headers()
-            .get("location")
-            .context("PATCH without Location")?
-            .to_str()?;
-        let loc = if loc.starts_with('/') {
-            self.url(loc)
-        } else {
-            loc.to_string()
-        };
+        let loc = self.location(&r)?;
         let r = self
             .client
             .put(Self::with_digest(&loc, &digest))

@@ -96,36 +96,34 @@ fn v2_ok(addr: &std::net::SocketAddr) -> bool {
 }
 
 impl Setup {
+    /// The storage section, the same keys in both (they follow Distribution's).
+    fn storage_yaml(&self) -> String {
+        match &self.storage {
+            Storage::Filesystem(root) => {
+                format!("  filesystem:\n    rootdirectory: {}\n", root.display())
+            }
+            // A regionendpoint means path-style in both (2.8 has no forcepathstyle key).
+            Storage::S3 { endpoint, bucket } => format!(
+                "  redirect:\n    disable: true\n  s3:\n    accesskey: bench\n    secretkey: bench\n    region: us-east-1\n    regionendpoint: {endpoint}\n    bucket: {bucket}\n    secure: false\n    rootdirectory: /\n{}",
+                if self.kind == Kind::Distribution {
+                    "    v4auth: true\n"
+                } else {
+                    ""
+                }
+            ),
+        }
+    }
+
     fn config(&self, port: u16) -> String {
+        let storage = self.storage_yaml();
         match self.kind {
-            Kind::Distribution => {
-                let storage = match &self.storage {
-                    Storage::Filesystem(root) => {
-                        format!("  filesystem:\n    rootdirectory: {}\n", root.display())
-                    }
-                    // 2.8 has no forcepathstyle key: a regionendpoint means path-style.
-                    Storage::S3 { endpoint, bucket } => format!(
-                        "  redirect:\n    disable: true\n  s3:\n    accesskey: bench\n    secretkey: bench\n    region: us-east-1\n    regionendpoint: {endpoint}\n    bucket: {bucket}\n    secure: false\n    v4auth: true\n    rootdirectory: /\n"
-                    ),
-                };
-                format!(
-                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: regbench\nstorage:\n  delete:\n    enabled: true\n  cache:\n    blobdescriptor: inmemory\n  maintenance:\n    uploadpurging:\n      enabled: false\n{storage}"
-                )
-            }
-            Kind::Wharf => {
-                let storage = match &self.storage {
-                    Storage::Filesystem(root) => {
-                        format!("  filesystem:\n    rootdirectory: {}\n", root.display())
-                    }
-                    Storage::S3 { endpoint, bucket } => format!(
-                        "  redirect:\n    disable: true\n  s3:\n    accesskey: bench\n    secretkey: bench\n    region: us-east-1\n    regionendpoint: {endpoint}\n    bucket: {bucket}\n    secure: false\n    rootdirectory: /\n"
-                    ),
-                };
-                format!(
-                    "log:\n  level: warn\n  accesslog: false\nhttp:\n  addr: 127.0.0.1:{port}\nstorage:\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\n{storage}database:\n  url: {}\n",
-                    self.database
-                )
-            }
+            Kind::Distribution => format!(
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: regbench\nstorage:\n  delete:\n    enabled: true\n  cache:\n    blobdescriptor: inmemory\n  maintenance:\n    uploadpurging:\n      enabled: false\n{storage}"
+            ),
+            Kind::Wharf => format!(
+                "log:\n  level: warn\n  accesslog: false\nhttp:\n  addr: 127.0.0.1:{port}\nstorage:\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\n{storage}database:\n  url: {}\n",
+                self.database
+            ),
         }
     }
 
@@ -178,7 +176,13 @@ impl Setup {
             .stdout(logf.try_clone()?)
             .stderr(logf)
             .spawn()
-            .with_context(|| format!("starting {}", self.kind.label()))?;
+            .with_context(|| match self.kind {
+                Kind::Distribution => {
+                    "starting docker-registry (install it: apt-get install docker-registry)"
+                        .to_string()
+                }
+                Kind::Wharf => format!("starting {}", self.wharf_bin.display()),
+            })?;
         let url = format!("http://127.0.0.1:{port}");
         if let Err(e) = wait_ready(&url, &mut child, &log, Duration::from_secs(120)) {
             let _ = child.kill();
