@@ -142,6 +142,14 @@ impl Bench {
         }
     }
 
+    /// Both registries of a section on the filesystem, each under `<dir>/data`.
+    fn filesystem_pair(&self, section: &str) -> (Setup, Setup) {
+        (
+            self.setup(Kind::Distribution, section, None, None),
+            self.setup(Kind::Wharf, section, None, None),
+        )
+    }
+
     fn fresh(&self, section: &str) -> anyhow::Result<()> {
         for base in [&self.work, &self.seeded] {
             let dir = base.join(section);
@@ -241,18 +249,10 @@ impl Bench {
         for size in [10_000, 100_000] {
             let section = format!("lists/{size}");
             self.fresh(&section)?;
-            let (d, w) = (
-                self.setup(Kind::Distribution, &section, None, None),
-                self.setup(Kind::Wharf, &section, None, None),
-            );
+            let (d, w) = self.filesystem_pair(&section);
             let started = Instant::now();
-            let Storage::Filesystem(droot) = &d.storage else {
-                unreachable!()
-            };
-            let Storage::Filesystem(wroot) = &w.storage else {
-                unreachable!()
-            };
-            let late = seed::lists(droot, wroot, &w.database, size).await?;
+            let late =
+                seed::lists(&d.dir.join("data"), &w.dir.join("data"), &w.database, size).await?;
             eprintln!(
                 "  seeded {size} tags and repositories in both stores ({:.1} s)",
                 started.elapsed().as_secs_f64()
@@ -321,16 +321,9 @@ impl Bench {
         for blobs in [1_000, 10_000, 100_000] {
             let section = format!("gc/{blobs}");
             self.fresh(&section)?;
-            let (d, w) = (
-                self.setup(Kind::Distribution, &section, None, None),
-                self.setup(Kind::Wharf, &section, None, None),
-            );
-            let Storage::Filesystem(droot) = &d.storage else {
-                unreachable!()
-            };
-            let Storage::Filesystem(wroot) = &w.storage else {
-                unreachable!()
-            };
+            let (d, w) = self.filesystem_pair(&section);
+            let (droot, wroot) = (d.dir.join("data"), w.dir.join("data"));
+            let (droot, wroot) = (&droot, &wroot);
             let started = Instant::now();
             let store = seed::gc(droot, wroot, &w.database, blobs).await?;
             eprintln!(
@@ -617,7 +610,7 @@ async fn main() -> anyhow::Result<()> {
                 machine(&mut out);
                 limits::measure(&mut out, &bench.work.join("limits"), 1024)?;
             }
-            for (name, f) in [("fs", 0), ("lists", 1), ("gc", 2), ("s3", 3)] {
+            for name in ["fs", "lists", "gc", "s3"] {
                 if !wanted(name) {
                     continue;
                 }
@@ -625,10 +618,10 @@ async fn main() -> anyhow::Result<()> {
                     "== {name} ({:.0} s so far)",
                     started.elapsed().as_secs_f64()
                 );
-                match f {
-                    0 => bench.fs().await?,
-                    1 => bench.lists().await?,
-                    2 => bench.gc().await?,
+                match name {
+                    "fs" => bench.fs().await?,
+                    "lists" => bench.lists().await?,
+                    "gc" => bench.gc().await?,
                     _ => bench.s3(&postgres).await?,
                 }
             }
