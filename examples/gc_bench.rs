@@ -12,10 +12,9 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::Executor;
-use sqlx::any::AnyPoolOptions;
 use wharf::config::Config;
 use wharf::meta::GcPolicy;
+use wharf::meta::seed::{SeedManifest, Seeder};
 
 const BLOBS_PER_IMAGE: usize = 10;
 
@@ -24,103 +23,42 @@ fn digest(kind: &str, n: usize) -> String {
 }
 
 async fn seed(url: &str, root: &std::path::Path, blobs: usize) -> anyhow::Result<usize> {
-    let pool = AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(url)
-        .await?;
+    let mut seeder = Seeder::open(url).await?;
     let old = wharf::meta::now_ms() - 48 * 3600 * 1000;
     let images = blobs / BLOBS_PER_IMAGE;
     let garbage_images = (images / 100).max(1);
-    let mut tx = pool.begin().await?;
-    tx.execute(
-        format!("INSERT INTO repositories (id, name, created_at) VALUES (1, 'bench/app', {old})")
-            .as_str(),
-    )
-    .await?;
-    for chunk in (0..images).collect::<Vec<_>>().chunks(100) {
-        let mut b = Vec::new();
-        let mut rb = Vec::new();
-        let mut m = Vec::new();
-        let mut mb = Vec::new();
-        let mut t = Vec::new();
-        let mut q = Vec::new();
-        for &i in chunk {
-            let id = i + 1;
-            m.push(format!(
-                "({id}, 1, '{}', 'application/vnd.oci.image.manifest.v1+json', '{{}}', 2, {old})",
-                digest("m", i)
-            ));
-            for k in 0..BLOBS_PER_IMAGE {
-                let d = digest("b", i * BLOBS_PER_IMAGE + k);
-                b.push(format!("('{d}', 1000, 'active', {old})"));
-                rb.push(format!("(1, '{d}', {old})"));
-                mb.push(format!("({id}, 1, '{d}')"));
-            }
-            if i >= garbage_images {
-                t.push(format!("(1, 'tag-{i}', {id}, {old})"));
-            } else {
-                q.push(format!("({id}, 0)"));
-            }
+    seeder.repository(1, "bench/app", old).await?;
+    for i in 0..images {
+        let id = i as i64 + 1;
+        let layers: Vec<String> = (0..BLOBS_PER_IMAGE)
+            .map(|k| digest("b", i * BLOBS_PER_IMAGE + k))
+            .collect();
+        for d in &layers {
+            seeder.blob(d, 1000, old).await?;
+            seeder.link(1, d, old).await?;
         }
-        tx.execute(
-            format!(
-                "INSERT INTO blobs (digest, size, status, created_at) VALUES {}",
-                b.join(",")
-            )
-            .as_str(),
-        )
-        .await?;
-        tx.execute(
-            format!(
-                "INSERT INTO repository_blobs (repository_id, blob_digest, created_at) VALUES {}",
-                rb.join(",")
-            )
-            .as_str(),
-        )
-        .await?;
-        tx.execute(
-            format!(
-                "INSERT INTO manifests (id, repository_id, digest, media_type, payload, total_size, created_at) VALUES {}",
-                m.join(",")
-            )
-            .as_str(),
-        )
-        .await?;
-        tx.execute(
-            format!(
-                "INSERT INTO manifest_blobs (manifest_id, repository_id, blob_digest) VALUES {}",
-                mb.join(",")
-            )
-            .as_str(),
-        )
-        .await?;
-        if !q.is_empty() {
-            tx.execute(
-                format!(
-                    "INSERT INTO gc_manifest_reviews (manifest_id, due) VALUES {}",
-                    q.join(",")
-                )
-                .as_str(),
-            )
+        let refs: Vec<&str> = layers.iter().map(String::as_str).collect();
+        seeder
+            .manifest(&SeedManifest {
+                id,
+                repository_id: 1,
+                digest: &digest("m", i),
+                media_type: "application/vnd.oci.image.manifest.v1+json",
+                config_digest: None,
+                payload: b"{}",
+                total_size: 2,
+                created_at: old,
+                blobs: &refs,
+            })
             .await?;
-        }
-        if !t.is_empty() {
-            tx.execute(
-                format!(
-                    "INSERT INTO tags (repository_id, name, manifest_id, updated_at) VALUES {}",
-                    t.join(",")
-                )
-                .as_str(),
-            )
-            .await?;
+        if i >= garbage_images {
+            seeder.tag(1, &format!("tag-{i}"), id, old).await?;
+        } else {
+            // Untagged, as a tag deletion leaves it: queued for review.
+            seeder.manifest_review(id, 0).await?;
         }
     }
-    tx.commit().await?;
-    if url.starts_with("postgres") {
-        // Identity columns were given explicit ids; move the sequence past them.
-        pool.execute("SELECT setval(pg_get_serial_sequence('manifests', 'id'), (SELECT MAX(id) FROM manifests))").await?;
-        pool.execute("ANALYZE").await?;
-    }
+    seeder.finish().await?;
     let blob_root = root.join("docker/registry/v2/blobs/sha256");
     for n in 0..garbage_images * BLOBS_PER_IMAGE {
         let d = digest("b", n);
@@ -187,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
             let registry = &registry;
             async move {
                 let started = Instant::now();
-                let report = wharf::gc::run(registry, policy, mode, false).await?;
+                let report = registry.collect_garbage(policy, mode, false).await?;
                 anyhow::Ok((started.elapsed().as_secs_f64() * 1000.0, report))
             }
         };

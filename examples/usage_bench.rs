@@ -9,124 +9,58 @@
 
 use std::time::Instant;
 
-use sqlx::Executor;
-use sqlx::any::AnyPoolOptions;
+use wharf::meta::seed::{SeedManifest, Seeder};
 
 fn digest(kind: &str, n: usize) -> String {
     wharf::oci::Digest::of(format!("{kind}-{n}").as_bytes()).to_string()
 }
 
 async fn seed(url: &str, repos: usize) -> anyhow::Result<usize> {
-    let pool = AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(url)
-        .await?;
+    let mut seeder = Seeder::open(url).await?;
     let now = wharf::meta::now_ms();
     let pool_size = repos * 2;
-    let mut tx = pool.begin().await?;
-    for chunk in (0..pool_size).collect::<Vec<_>>().chunks(1000) {
-        let rows: Vec<String> = chunk
-            .iter()
-            .map(|n| {
-                format!(
-                    "('{}', {}, 'active', {now})",
-                    digest("shared", *n),
-                    1000 + n % 7919
-                )
-            })
-            .collect();
-        tx.execute(
-            format!(
-                "INSERT INTO blobs (digest, size, status, created_at) VALUES {}",
-                rows.join(",")
-            )
-            .as_str(),
-        )
-        .await?;
+    for n in 0..pool_size {
+        seeder
+            .blob(&digest("shared", n), 1000 + (n % 7919) as u64, now)
+            .await?;
     }
-    for chunk in (0..repos).collect::<Vec<_>>().chunks(200) {
-        let (mut r, mut ns, mut b, mut m, mut mb, mut t) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
-        for &i in chunk {
-            let id = i + 1;
-            let org = format!("org{}", i % 50);
-            r.push(format!("({id}, '{org}/app{i}', {now})"));
-            ns.push(format!("('{org}', {id})"));
-            m.push(format!(
-                "({id}, {id}, '{}', 'application/vnd.oci.image.manifest.v1+json', '{{}}', {}, {now})",
-                digest("m", i),
-                10_000
-            ));
-            t.push(format!("({id}, 'latest', {id}, {now})"));
-            for k in 0..8 {
-                let d = digest("own", i * 8 + k);
-                b.push(format!(
-                    "('{d}', {}, 'active', {now})",
-                    5000 + (i * 8 + k) % 100_003
-                ));
-                mb.push(format!("({id}, {id}, '{d}')"));
-            }
-            for k in 0..2 {
-                // Each shared blob is used by a handful of repositories across organisations.
-                let d = digest("shared", (i * 7 + k * 13) % pool_size);
-                mb.push(format!("({id}, {id}, '{d}')"));
+    for i in 0..repos {
+        let id = i as i64 + 1;
+        seeder
+            .repository(id, &format!("org{}/app{i}", i % 50), now)
+            .await?;
+        let mut refs = Vec::new();
+        for k in 0..8 {
+            let d = digest("own", i * 8 + k);
+            seeder
+                .blob(&d, 5000 + ((i * 8 + k) % 100_003) as u64, now)
+                .await?;
+            refs.push(d);
+        }
+        for k in 0..2 {
+            // Each shared blob is used by a handful of repositories across organisations.
+            let d = digest("shared", (i * 7 + k * 13) % pool_size);
+            if !refs.contains(&d) {
+                refs.push(d);
             }
         }
-        tx.execute(
-            format!(
-                "INSERT INTO repositories (id, name, created_at) VALUES {}",
-                r.join(",")
-            )
-            .as_str(),
-        )
-        .await?;
-        tx.execute(
-            format!(
-                "INSERT INTO repository_namespaces (namespace, repository_id) VALUES {}",
-                ns.join(",")
-            )
-            .as_str(),
-        )
-        .await?;
-        tx.execute(
-            format!(
-                "INSERT INTO blobs (digest, size, status, created_at) VALUES {}",
-                b.join(",")
-            )
-            .as_str(),
-        )
-        .await?;
-        tx.execute(
-            format!(
-                "INSERT INTO manifests (id, repository_id, digest, media_type, payload, total_size, created_at) VALUES {}",
-                m.join(",")
-            )
-            .as_str(),
-        )
-        .await?;
-        tx.execute(
-            format!(
-                "INSERT INTO manifest_blobs (manifest_id, repository_id, blob_digest) VALUES {} ON CONFLICT DO NOTHING",
-                mb.join(",")
-            )
-            .as_str(),
-        )
-        .await?;
-        tx.execute(
-            format!(
-                "INSERT INTO tags (repository_id, name, manifest_id, updated_at) VALUES {}",
-                t.join(",")
-            )
-            .as_str(),
-        )
-        .await?;
+        let refs: Vec<&str> = refs.iter().map(String::as_str).collect();
+        seeder
+            .manifest(&SeedManifest {
+                id,
+                repository_id: id,
+                digest: &digest("m", i),
+                media_type: "application/vnd.oci.image.manifest.v1+json",
+                config_digest: None,
+                payload: b"{}",
+                total_size: 10_000,
+                created_at: now,
+                blobs: &refs,
+            })
+            .await?;
+        seeder.tag(id, "latest", id, now).await?;
     }
-    tx.commit().await?;
-    if url.starts_with("postgres") {
-        pool.execute("ANALYZE").await?;
-    } else {
-        pool.execute("ANALYZE").await?;
-    }
+    seeder.finish().await?;
     Ok(pool_size + repos * 8)
 }
 

@@ -2,11 +2,19 @@
 //! of the distribution spec's table, each with its status, in the spec's JSON body
 //! `{"errors":[{"code","message","detail"}]}`. Failures that are not the client's fault are
 //! logged with their context and answered as a bare 500 without internals.
+//!
+//! The layers below have their own errors (`MetaError`, `StorageError`), each with a kind;
+//! the `From` impls here are the only place a kind becomes an OCI code and a status. This
+//! module imports nothing from the HTTP or use-case layers.
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
+
+use crate::meta::MetaError;
+use crate::oci::upload_range;
+use crate::storage::{StorageError, StorageErrorKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -49,8 +57,14 @@ pub enum Error {
     NoRoute(String),
     #[error("method not allowed on this endpoint")]
     MethodNotAllowed,
-    #[error("the server is busy; retry shortly: {0}")]
+    /// Retryable: the database or storage is busy or unreachable (503 with Retry-After).
+    #[error("the registry is temporarily unavailable; retry shortly ({0})")]
     Unavailable(String),
+    /// The storage or the database has no room for the write (507).
+    #[error(
+        "the registry's storage is full; free space (e.g. by garbage collection) and retry ({0})"
+    )]
+    StorageFull(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -77,7 +91,7 @@ impl Error {
             Error::SizeInvalid(_) | Error::TooLarge(_) => "SIZE_INVALID",
             Error::Denied(_) | Error::Conflict(_) => "DENIED",
             Error::Unsupported(_) | Error::MethodNotAllowed => "UNSUPPORTED",
-            Error::Unavailable(_) => "TOOMANYREQUESTS",
+            Error::Unavailable(_) | Error::StorageFull(_) => "UNAVAILABLE",
             Error::Internal(_) => "UNKNOWN",
         }
     }
@@ -104,6 +118,7 @@ impl ResponseError for Error {
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -118,14 +133,44 @@ impl ResponseError for Error {
         }
         let mut resp = HttpResponse::build(status);
         if let Error::RangeInvalid { offset, .. } = self {
-            resp.insert_header((header::RANGE, crate::api::upload_range(*offset)));
+            resp.insert_header((header::RANGE, upload_range(*offset)));
         }
-        if let Error::Unavailable(_) = self {
-            resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        match self {
+            Error::Unavailable(msg) => {
+                tracing::warn!(error = %msg, "answered 503: retryable");
+                resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            Error::StorageFull(msg) => tracing::error!(error = %msg, "storage full"),
+            _ => {}
         }
         resp.content_type("application/json").body(
             json!({"errors": [{"code": self.code(), "message": self.to_string(), "detail": null}]})
                 .to_string(),
         )
+    }
+}
+
+impl From<MetaError> for Error {
+    fn from(e: MetaError) -> Self {
+        match e {
+            MetaError::Busy(msg) => Error::Unavailable(format!("database busy: {msg}")),
+            MetaError::Full(msg) => Error::StorageFull(format!("database: {msg}")),
+            e => Error::Internal(anyhow::Error::new(e).context("metadata")),
+        }
+    }
+}
+
+impl From<StorageError> for Error {
+    fn from(e: StorageError) -> Self {
+        match e.kind() {
+            StorageErrorKind::NotFound => Error::BlobUnknown("stored object not found".into()),
+            StorageErrorKind::Body => Error::BlobUploadInvalid(e.to_string()),
+            StorageErrorKind::UploadDataLost => {
+                Error::BlobUploadInvalid(format!("{e}; cancel this upload and start a new one"))
+            }
+            StorageErrorKind::Full => Error::StorageFull(e.to_string()),
+            StorageErrorKind::Unavailable => Error::Unavailable(e.to_string()),
+            StorageErrorKind::Internal => Error::Internal(anyhow::Error::new(e).context("storage")),
+        }
     }
 }

@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::gc::ReportBlob;
-use crate::registry::Registry;
+use crate::meta::MetaStore;
+use crate::storage::BlobStore;
 
 #[derive(Debug, Default, Serialize)]
 pub struct FsckReport {
@@ -39,24 +40,23 @@ impl FsckReport {
 /// With `delete_orphans`, removes orphans older than `min_age` (younger ones may belong to an
 /// upload committing right now).
 pub async fn run(
-    registry: &Registry,
+    meta: &MetaStore,
+    storage: &dyn BlobStore,
     delete_orphans: bool,
     min_age: Duration,
 ) -> anyhow::Result<FsckReport> {
-    let objects = registry.storage.list_blobs().await?;
-    let rows = registry.meta.all_blobs().await?;
+    let objects = storage.list_blobs().await?;
+    let rows = meta.all_blobs().await?;
     let mut report = FsckReport {
         objects: objects.len() as u64,
         rows: rows.len() as u64,
         ..Default::default()
     };
     let stored: HashMap<_, _> = objects.iter().map(|o| (o.digest.clone(), o)).collect();
-    let known: HashMap<_, _> = rows
-        .iter()
-        .map(|(d, size, status)| (d.clone(), (*size, status.as_str())))
-        .collect();
-    for (digest, size, status) in &rows {
-        if status != "active" {
+    let known: HashMap<_, _> = rows.iter().map(|r| (&r.digest, r)).collect();
+    for row in &rows {
+        let (digest, size) = (&row.digest, &row.size);
+        if row.status != "active" {
             report.pending_deletion += 1;
             continue;
         }
@@ -82,9 +82,9 @@ pub async fn run(
         });
         if delete_orphans
             && o.age_secs >= min_age.as_secs()
-            && !registry.meta.blob_row_exists(&o.digest).await?
+            && !meta.blob_row_exists(&o.digest).await?
         {
-            registry.storage.blob_delete(&o.digest).await?;
+            storage.blob_delete(&o.digest).await?;
             report.orphans_deleted += 1;
         }
     }

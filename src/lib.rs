@@ -18,48 +18,23 @@ use std::sync::Arc;
 
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
-use anyhow::Context;
 
 use config::Config;
 use meta::MetaStore;
-use registry::Registry;
-use storage::{BlobStore, FsDriver, S3Driver};
+use registry::{Options, Registry};
 
 /// Opens the database (running migrations) and the storage driver named by `config`.
 pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
     let meta = MetaStore::open(&config.database.url, config.database.maxconnections).await?;
-    let storage = match &config.storage.s3 {
-        Some(s3) => {
-            let driver = S3Driver::new(s3, config.storage.redirect.expiry).await?;
-            let storage = BlobStore::S3(driver);
-            storage.check().await.map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot reach S3 bucket {:?} at {}: {e}. Check storage.s3.bucket, regionendpoint, credentials \
-                     (and forcepathstyle: {})",
-                    s3.bucket,
-                    s3.regionendpoint.as_deref().unwrap_or("AWS"),
-                    s3.path_style()
-                )
-            })?;
-            storage
-        }
-        None => {
-            let fs = config.storage.filesystem.clone().unwrap_or_default();
-            let driver = FsDriver::new(&fs.rootdirectory).with_context(|| {
-                format!(
-                    "cannot use storage.filesystem.rootdirectory {}: create it or point the setting at a writable directory",
-                    fs.rootdirectory.display()
-                )
-            })?;
-            BlobStore::Filesystem(driver)
-        }
-    };
-    Ok(Registry {
+    let storage = storage::open(config).await?;
+    Ok(Registry::new(
         meta,
         storage,
-        delete_enabled: config.storage.delete.enabled,
-        redirect_enabled: !config.storage.redirect.disable,
-    })
+        Options {
+            delete_enabled: config.storage.delete.enabled,
+            redirect_enabled: !config.storage.redirect.disable,
+        },
+    ))
 }
 
 /// Builds the HTTP server on an already bound listener (tests bind port 0).

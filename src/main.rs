@@ -1,4 +1,4 @@
-//! The `wharf` command: serve, migrate.
+//! The `wharf` command: serve, migrate, gc, usage, fsck.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -144,7 +144,7 @@ async fn gc(config: &Config, dry_run: bool, queue: bool, json: bool) -> anyhow::
     } else {
         wharf::gc::Mode::Full
     };
-    let report = wharf::gc::run(&registry, policy, mode, dry_run).await?;
+    let report = registry.collect_garbage(policy, mode, dry_run).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -182,12 +182,9 @@ async fn usage(config: &Config, namespace: &str, top: u32, format: &str) -> anyh
 
 async fn fsck(config: &Config, delete_orphans: bool, json: bool) -> anyhow::Result<()> {
     let registry = wharf::open_registry(config).await?;
-    let report = wharf::fsck::run(
-        &registry,
-        delete_orphans,
-        std::time::Duration::from_secs(3600),
-    )
-    .await?;
+    let report = registry
+        .fsck(delete_orphans, std::time::Duration::from_secs(3600))
+        .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -230,7 +227,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(
             addr = %config.http.addr,
             database = %wharf::config::redact_url(&config.database.url),
-            storage = %registry.storage.describe(),
+            storage = %registry.describe_storage(),
             "wharf is serving"
         );
         wharf::spawn_maintenance(registry.clone(), &config);

@@ -27,14 +27,10 @@ fn now_policy(delete_untagged: bool) -> GcPolicy {
 async fn collect(s: &TestServer, delete_untagged: bool) -> GcReport {
     // Rows must be strictly older than the cutoff.
     tokio::time::sleep(Duration::from_millis(5)).await;
-    gc::run(
-        &s.registry,
-        now_policy(delete_untagged),
-        gc::Mode::Full,
-        false,
-    )
-    .await
-    .unwrap()
+    s.registry
+        .collect_garbage(now_policy(delete_untagged), gc::Mode::Full, false)
+        .await
+        .unwrap()
 }
 
 fn blob_set(r: &GcReport) -> BTreeSet<String> {
@@ -111,9 +107,7 @@ async fn tagged_multiarch_keeps_everything_then_goes_when_untagged(b: Backend) {
     // The shared layer and the other image are intact.
     assert!(s.blob_exists(&shared).await);
     c.pull_and_verify("app", "other").await;
-    let fsck = wharf::fsck::run(&s.registry, false, Duration::ZERO)
-        .await
-        .unwrap();
+    let fsck = s.registry.fsck(false, Duration::ZERO).await.unwrap();
     assert!(fsck.is_clean() && fsck.orphans.is_empty(), "{fsck:?}");
 
     // Nothing left to do.
@@ -236,26 +230,34 @@ async fn dry_run_matches_the_real_run(b: Backend) {
 
     tokio::time::sleep(Duration::from_millis(5)).await;
     let policy = now_policy(true);
-    let plan = gc::run(&s.registry, policy, gc::Mode::Full, true)
+    let plan = s
+        .registry
+        .collect_garbage(policy, gc::Mode::Full, true)
         .await
         .unwrap();
     assert!(plan.dry_run);
     // The dry run changed nothing.
-    let again = gc::run(&s.registry, policy, gc::Mode::Full, true)
+    let again = s
+        .registry
+        .collect_garbage(policy, gc::Mode::Full, true)
         .await
         .unwrap();
     assert_eq!(manifest_set(&plan), manifest_set(&again));
     c.pull_and_verify("mix/a", &drop.digest()).await;
 
     // The review queue alone finds exactly the plan: every event that made garbage queued it.
-    let real = gc::run(&s.registry, policy, gc::Mode::Queue, false)
+    let real = s
+        .registry
+        .collect_garbage(policy, gc::Mode::Queue, false)
         .await
         .unwrap();
     assert_eq!(manifest_set(&plan), manifest_set(&real));
     assert_eq!(blob_set(&plan), blob_set(&real));
     assert_eq!(plan.links_deleted, real.links_deleted);
     assert_eq!(plan.bytes_freed, real.bytes_freed);
-    let full = gc::run(&s.registry, policy, gc::Mode::Full, false)
+    let full = s
+        .registry
+        .collect_garbage(policy, gc::Mode::Full, false)
         .await
         .unwrap();
     assert_eq!(
@@ -268,7 +270,9 @@ async fn dry_run_matches_the_real_run(b: Backend) {
         "{full:?}"
     );
     // What is left in the queue is only what is still referenced or too young.
-    let plan_after = gc::run(&s.registry, policy, gc::Mode::Full, true)
+    let plan_after = s
+        .registry
+        .collect_garbage(policy, gc::Mode::Full, true)
         .await
         .unwrap();
     assert_eq!(plan_after.manifests_deleted + plan_after.blobs_deleted, 0);
@@ -295,14 +299,15 @@ async fn grace_period_and_untagged_policy(b: Backend) {
     let d = c.push_image("grace", &img.digest(), &img).await; // untagged
     c.push_blob("grace", &images::noise(4001, 100)).await; // never referenced
 
-    let r = gc::run(
-        &s.registry,
-        GcPolicy::with_grace(Duration::from_secs(3600), true),
-        gc::Mode::Full,
-        false,
-    )
-    .await
-    .unwrap();
+    let r = s
+        .registry
+        .collect_garbage(
+            GcPolicy::with_grace(Duration::from_secs(3600), true),
+            gc::Mode::Full,
+            false,
+        )
+        .await
+        .unwrap();
     assert_eq!(
         (r.manifests_deleted, r.links_deleted, r.blobs_deleted),
         (0, 0, 0),
@@ -331,7 +336,9 @@ async fn fsck_finds_orphans_and_missing_objects(b: Backend) {
     let od = sha256(&orphan);
     env.put_raw_blob(&od, &orphan).await;
 
-    let r = wharf::fsck::run(&s.registry, true, Duration::from_secs(3600))
+    let r = s
+        .registry
+        .fsck(true, Duration::from_secs(3600))
         .await
         .unwrap();
     assert_eq!(
@@ -347,9 +354,7 @@ async fn fsck_finds_orphans_and_missing_objects(b: Backend) {
         "a young orphan may be an upload committing now"
     );
     assert!(s.blob_exists(&od).await);
-    let r = wharf::fsck::run(&s.registry, true, Duration::ZERO)
-        .await
-        .unwrap();
+    let r = s.registry.fsck(true, Duration::ZERO).await.unwrap();
     assert_eq!(r.orphans_deleted, 1);
     assert!(!s.blob_exists(&od).await);
     assert!(!r.is_clean(), "a missing object is never clean");
@@ -471,14 +476,15 @@ async fn torture_concurrent_pushes_deletes_and_gc(b: Backend) {
     assert!(gc_runs > 0);
 
     tokio::time::sleep(Duration::from_millis(grace_ms + 50)).await;
-    let last = gc::run(
-        &s.registry,
-        GcPolicy::with_grace(Duration::from_millis(grace_ms), true),
-        gc::Mode::Full,
-        false,
-    )
-    .await
-    .unwrap();
+    let last = s
+        .registry
+        .collect_garbage(
+            GcPolicy::with_grace(Duration::from_millis(grace_ms), true),
+            gc::Mode::Full,
+            false,
+        )
+        .await
+        .unwrap();
     let mut referenced = BTreeSet::new();
     for (repo, tags, _) in &survivors {
         for (t, img) in tags {
@@ -486,9 +492,7 @@ async fn torture_concurrent_pushes_deletes_and_gc(b: Backend) {
             referenced.extend(img.blob_digests());
         }
     }
-    let fsck = wharf::fsck::run(&s.registry, false, Duration::ZERO)
-        .await
-        .unwrap();
+    let fsck = s.registry.fsck(false, Duration::ZERO).await.unwrap();
     assert!(
         fsck.missing.is_empty() && fsck.size_mismatch.is_empty(),
         "{fsck:?}"
@@ -500,13 +504,12 @@ async fn torture_concurrent_pushes_deletes_and_gc(b: Backend) {
     let refused: u32 = survivors.iter().map(|s| s.2).sum();
     // Exactly what the surviving tags reference is left: everything else was collected.
     let stored: BTreeSet<String> = s
-        .registry
         .meta
         .all_blobs()
         .await
         .unwrap()
         .into_iter()
-        .map(|(d, _, _)| d.to_string())
+        .map(|b| b.digest.to_string())
         .collect();
     assert_eq!(
         stored, referenced,

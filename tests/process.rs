@@ -348,7 +348,7 @@ async fn upload_purging(b: Backend) {
         .await
         .unwrap();
     let id = orphan.rsplit('/').next().unwrap();
-    assert!(s.registry.meta.delete_upload(id).await.unwrap());
+    assert!(s.meta.delete_upload(&id.parse().unwrap()).await.unwrap());
     assert_eq!(s.stored_uploads().await, 1);
     assert_eq!(
         s.registry

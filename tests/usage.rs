@@ -129,8 +129,7 @@ async fn usage_matches_ground_truth(b: Backend) {
         String::from_utf8_lossy(&cli.stderr)
     );
     let from_cli: Value = serde_json::from_slice(&cli.stdout).unwrap();
-    let from_meta =
-        serde_json::to_value(wharf::usage::report(&s.registry.meta, "", 3).await.unwrap()).unwrap();
+    let from_meta = serde_json::to_value(s.registry.usage("", 3).await.unwrap()).unwrap();
     assert_eq!(report, from_cli, "endpoint and CLI agree");
     assert_eq!(report, from_meta, "endpoint and library agree");
 

@@ -10,10 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
 use serde_json::json;
-use sqlx::any::{AnyArguments, AnyPoolOptions};
-use sqlx::{Any, Arguments, Executor};
+use wharf::meta::seed::{SeedManifest, Seeder};
 
 use crate::images::{Noise, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, digest_of, sha256_hex};
 
@@ -109,171 +107,24 @@ fn for_each_split(n: usize, f: impl Fn(usize) -> anyhow::Result<()> + Sync) -> a
     })
 }
 
-enum V {
-    I(i64),
-    S(String),
-    B(Vec<u8>),
-}
-
-/// Rows for wharf's tables, inserted many to a statement.
-pub struct Rows {
-    pool: sqlx::AnyPool,
-    tables: Vec<(&'static str, &'static str, usize, Vec<V>)>,
-    postgres: bool,
-}
-
-/// Tables in foreign-key order, with their columns.
-const TABLES: &[(&str, &str)] = &[
-    ("repositories", "id, name, created_at"),
-    ("repository_namespaces", "namespace, repository_id"),
-    ("blobs", "digest, size, status, created_at"),
-    ("repository_blobs", "repository_id, blob_digest, created_at"),
-    (
-        "manifests",
-        "id, repository_id, digest, media_type, config_digest, payload, total_size, created_at",
-    ),
-    ("manifest_blobs", "manifest_id, repository_id, blob_digest"),
-    ("tags", "repository_id, name, manifest_id, updated_at"),
-    ("gc_blob_reviews", "blob_digest, due"),
-];
-
-impl Rows {
-    pub async fn open(url: &str) -> anyhow::Result<Rows> {
-        wharf::meta::migrate(url).await?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(1)
-            .connect(url)
-            .await?;
-        if url.starts_with("sqlite") {
-            pool.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF")
-                .await?;
-        }
-        Ok(Rows {
-            pool,
-            tables: TABLES
-                .iter()
-                .map(|(t, c)| (*t, *c, c.split(',').count(), Vec::new()))
-                .collect(),
-            postgres: url.starts_with("postgres"),
-        })
-    }
-
-    fn add(&mut self, table: &str, row: Vec<V>) {
-        let t = self.tables.iter_mut().find(|t| t.0 == table).unwrap();
-        assert_eq!(row.len(), t.2, "{table}");
-        t.3.extend(row);
-    }
-
-    async fn flush_if_full(&mut self) -> anyhow::Result<()> {
-        if self.tables.iter().any(|t| t.3.len() > 20_000) {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    pub async fn flush(&mut self) -> anyhow::Result<()> {
-        for (table, cols, width, values) in &mut self.tables {
-            for chunk in std::mem::take(values).chunks(*width * 500) {
-                let rows = chunk.len() / *width;
-                let mut sql = format!("INSERT INTO {table} ({cols}) VALUES ");
-                let mut args = AnyArguments::default();
-                for r in 0..rows {
-                    sql.push_str(if r == 0 { "(" } else { ",(" });
-                    for c in 0..*width {
-                        if c > 0 {
-                            sql.push(',');
-                        }
-                        sql.push_str(&format!("${}", r * *width + c + 1));
-                    }
-                    sql.push(')');
-                }
-                for v in chunk {
-                    match v {
-                        V::I(i) => args.add(*i),
-                        V::S(s) => args.add(s.clone()),
-                        V::B(b) => args.add(b.clone()),
-                    }
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                }
-                sqlx::query_with::<Any, _>(&sql, args)
-                    .execute(&self.pool)
-                    .await
-                    .with_context(|| format!("seeding {table}"))?;
-            }
-        }
-        Ok(())
-    }
-
-    pub async fn finish(mut self) -> anyhow::Result<()> {
-        self.flush().await?;
-        if self.postgres {
-            for t in ["repositories", "manifests"] {
-                self.pool
-                    .execute(format!("SELECT setval(pg_get_serial_sequence('{t}', 'id'), (SELECT MAX(id) FROM {t}))").as_str())
-                    .await?;
-            }
-            self.pool.execute("ANALYZE").await?;
-        } else {
-            self.pool.execute("ANALYZE").await?;
-        }
-        self.pool.close().await;
-        Ok(())
-    }
-
-    fn repository(&mut self, id: i64, name: &str, at: i64) {
-        self.add("repositories", vec![V::I(id), V::S(name.into()), V::I(at)]);
-        for ns in wharf::meta::namespaces_of(name) {
-            self.add("repository_namespaces", vec![V::S(ns.into()), V::I(id)]);
-        }
-    }
-
-    fn blob(&mut self, digest: &str, size: usize, at: i64) {
-        self.add(
-            "blobs",
-            vec![
-                V::S(digest.into()),
-                V::I(size as i64),
-                V::S("active".into()),
-                V::I(at),
-            ],
-        );
-    }
-
-    fn repository_blob(&mut self, repo: i64, digest: &str, at: i64) {
-        self.add(
-            "repository_blobs",
-            vec![V::I(repo), V::S(digest.into()), V::I(at)],
-        );
-    }
-
-    fn manifest(&mut self, id: i64, repo_id: i64, m: &Image, at: i64) {
-        let total = m.manifest.len() + m.blobs.iter().map(|b| b.1).sum::<usize>();
-        self.add(
-            "manifests",
-            vec![
-                V::I(id),
-                V::I(repo_id),
-                V::S(m.digest.clone()),
-                V::S(OCI_MANIFEST.into()),
-                V::S(m.blobs[0].0.clone()),
-                V::B(m.manifest.clone()),
-                V::I(total as i64),
-                V::I(at),
-            ],
-        );
-        for (d, _) in &m.blobs {
-            self.add(
-                "manifest_blobs",
-                vec![V::I(id), V::I(repo_id), V::S(d.clone())],
-            );
-        }
-    }
-
-    fn tag(&mut self, repo_id: i64, tag: &str, manifest_id: i64, at: i64) {
-        self.add(
-            "tags",
-            vec![V::I(repo_id), V::S(tag.into()), V::I(manifest_id), V::I(at)],
-        );
+/// The manifest row of an image, in wharf's seeding terms.
+fn seed_manifest<'a>(
+    id: i64,
+    repo_id: i64,
+    m: &'a Image,
+    refs: &'a [&'a str],
+    at: i64,
+) -> SeedManifest<'a> {
+    SeedManifest {
+        id,
+        repository_id: repo_id,
+        digest: &m.digest,
+        media_type: OCI_MANIFEST,
+        config_digest: Some(&m.blobs[0].0),
+        payload: &m.manifest,
+        total_size: (m.manifest.len() + m.blobs.iter().map(|b| b.1).sum::<usize>()) as u64,
+        created_at: at,
+        blobs: refs,
     }
 }
 
@@ -363,26 +214,27 @@ pub async fn lists(
             })
         })
     };
-    let mut rows = Rows::open(wharf_db).await?;
+    let mut rows = Seeder::open(wharf_db).await?;
     let at = old();
     for (d, size) in &img.blobs {
-        rows.blob(d, *size, at);
+        rows.blob(d, *size as u64, at).await?;
     }
+    let refs: Vec<&str> = img.blobs.iter().map(|b| b.0.as_str()).collect();
     for (i, name) in repo_names.iter().enumerate() {
         let id = i as i64 + 1;
-        rows.repository(id, name, at);
+        rows.repository(id, name, at).await?;
         for (d, _) in &img.blobs {
-            rows.repository_blob(id, d, at);
+            rows.link(id, d, at).await?;
         }
-        rows.manifest(id, id, &img, at);
+        rows.manifest(&seed_manifest(id, id, &img, &refs, at))
+            .await?;
         if i == 0 {
             for t in 0..size {
-                rows.tag(id, &format!("t{t:06}"), id, at);
+                rows.tag(id, &format!("t{t:06}"), id, at).await?;
             }
         } else {
-            rows.tag(id, "latest", id, at);
+            rows.tag(id, "latest", id, at).await?;
         }
-        rows.flush_if_full().await?;
     }
     rows.finish().await?;
     tree.await??;
@@ -443,26 +295,28 @@ pub async fn gc(
             })
         })
     };
-    let mut rows = Rows::open(wharf_db).await?;
+    let mut rows = Seeder::open(wharf_db).await?;
     let at = old();
     for r in 0..repos {
-        rows.repository(r as i64 + 1, &format!("gc/r{r:04}"), at);
+        rows.repository(r as i64 + 1, &format!("gc/r{r:04}"), at)
+            .await?;
     }
     for (i, img) in all.iter().enumerate() {
         let (_, repo_id) = repo_of(i);
         for (d, size) in &img.blobs {
-            rows.blob(d, *size, at);
-            rows.repository_blob(repo_id, d, at);
+            rows.blob(d, *size as u64, at).await?;
+            rows.link(repo_id, d, at).await?;
             if is_garbage(i) {
-                rows.add("gc_blob_reviews", vec![V::S(d.clone()), V::I(at)]);
+                rows.blob_review(d, at).await?;
             }
         }
         if !is_garbage(i) {
             let id = i as i64 + 1;
-            rows.manifest(id, repo_id, img, at);
-            rows.tag(repo_id, &format!("i{i}"), id, at);
+            let refs: Vec<&str> = img.blobs.iter().map(|b| b.0.as_str()).collect();
+            rows.manifest(&seed_manifest(id, repo_id, img, &refs, at))
+                .await?;
+            rows.tag(repo_id, &format!("i{i}"), id, at).await?;
         }
-        rows.flush_if_full().await?;
     }
     rows.finish().await?;
     tree.await??;

@@ -3,12 +3,12 @@
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
 
-use super::{DIGEST_HEADER, UPLOAD_UUID_HEADER, header_str, query, upload_range};
+use super::{DIGEST_HEADER, UPLOAD_UUID_HEADER, header_str, query};
 use crate::error::{Error, Result};
-use crate::oci::{Digest, RepoName};
+use crate::oci::{Digest, RepoName, UploadId, upload_range};
 use crate::registry::{BlobBody, ContentRange, Registry, UploadStatus};
 
-fn upload_location(name: &RepoName, id: &str) -> String {
+fn upload_location(name: &RepoName, id: &UploadId) -> String {
     format!("/v2/{name}/blobs/uploads/{id}")
 }
 
@@ -182,7 +182,7 @@ pub async fn start_upload(
     Ok(upload_response(StatusCode::ACCEPTED, name, &upload))
 }
 
-pub async fn upload_status(reg: &Registry, name: &RepoName, id: &str) -> Result<HttpResponse> {
+pub async fn upload_status(reg: &Registry, name: &RepoName, id: &UploadId) -> Result<HttpResponse> {
     let upload = reg.upload_status(name, id).await?;
     Ok(upload_response(StatusCode::NO_CONTENT, name, &upload))
 }
@@ -219,7 +219,7 @@ async fn check_chunk(
     req: &HttpRequest,
     reg: &Registry,
     name: &RepoName,
-    id: &str,
+    id: &UploadId,
 ) -> Result<Option<ContentRange>> {
     let range = content_range(req)?;
     if let (Some(r), Some(len)) = (range, content_length(req)) {
@@ -244,7 +244,7 @@ pub async fn patch_upload(
     body: web::Payload,
     reg: &Registry,
     name: &RepoName,
-    id: &str,
+    id: &UploadId,
 ) -> Result<HttpResponse> {
     let range = check_chunk(req, reg, name, id).await?;
     let upload = reg.append_upload(name, id, range, body).await?;
@@ -256,7 +256,7 @@ pub async fn put_upload(
     body: web::Payload,
     reg: &Registry,
     name: &RepoName,
-    id: &str,
+    id: &UploadId,
 ) -> Result<HttpResponse> {
     let Some(digest) = digest_param(req, "digest")? else {
         // An unknown session is the bigger problem: say so first.
@@ -270,7 +270,7 @@ pub async fn put_upload(
     Ok(created_blob(name, &digest))
 }
 
-pub async fn cancel_upload(reg: &Registry, name: &RepoName, id: &str) -> Result<HttpResponse> {
+pub async fn cancel_upload(reg: &Registry, name: &RepoName, id: &UploadId) -> Result<HttpResponse> {
     reg.cancel_upload(name, id).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -19,12 +19,6 @@ pub const API_VERSION_HEADER: &str = "Docker-Distribution-API-Version";
 pub const DIGEST_HEADER: &str = "Docker-Content-Digest";
 pub const UPLOAD_UUID_HEADER: &str = "Docker-Upload-UUID";
 
-/// The `Range` value of an upload holding `size` bytes: inclusive, `0-<last byte>`; `0-0`
-/// for an empty upload, as Distribution answers.
-pub fn upload_range(size: u64) -> String {
-    format!("0-{}", size.saturating_sub(1))
-}
-
 /// Registers the registry's routes on an actix app.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/healthz").to(healthz))
@@ -45,27 +39,24 @@ async fn healthz() -> HttpResponse {
 
 /// Ready when the database and the storage both answer.
 async fn readyz(registry: web::Data<Registry>) -> HttpResponse {
-    let db = registry.meta.ping().await;
-    let storage = registry.storage.check().await;
-    match (db, storage) {
-        (Ok(()), Ok(())) => HttpResponse::Ok()
+    let r = registry.readiness().await;
+    if r.is_ready() {
+        return HttpResponse::Ok()
             .content_type("text/plain")
-            .body("ready\n"),
-        (db, storage) => {
-            let mut msg = String::from("not ready\n");
-            if let Err(e) = db {
-                tracing::warn!(error = %e, "readiness: database check failed");
-                msg.push_str("database: unavailable\n");
-            }
-            if let Err(e) = storage {
-                tracing::warn!(error = %e, "readiness: storage check failed");
-                msg.push_str("storage: unavailable\n");
-            }
-            HttpResponse::ServiceUnavailable()
-                .content_type("text/plain")
-                .body(msg)
-        }
+            .body("ready\n");
     }
+    let mut msg = String::from("not ready\n");
+    if let Err(e) = &r.database {
+        tracing::warn!(error = %e, "readiness: database check failed");
+        msg.push_str("database: unavailable\n");
+    }
+    if let Err(e) = &r.storage {
+        tracing::warn!(error = %e, "readiness: storage check failed");
+        msg.push_str("storage: unavailable\n");
+    }
+    HttpResponse::ServiceUnavailable()
+        .content_type("text/plain")
+        .body(msg)
 }
 
 /// The usage report as JSON (`?namespace=team&top=10`). Not authenticated yet: it reveals
@@ -82,7 +73,7 @@ async fn usage(req: HttpRequest, registry: web::Data<Registry>) -> Result<HttpRe
             .map_err(|_| Error::Unsupported(format!("invalid top={t:?}: expected a number")))?,
         None => 10,
     };
-    let report = crate::usage::report(&registry.meta, namespace, top).await?;
+    let report = registry.usage(namespace, top).await?;
     Ok(HttpResponse::Ok().json(report))
 }
 

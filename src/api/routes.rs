@@ -6,7 +6,7 @@
 use percent_encoding::percent_decode_str;
 
 use crate::error::Error;
-use crate::oci::{Digest, DigestError, Reference, RepoName};
+use crate::oci::{Digest, DigestError, Reference, RepoName, UploadId};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
@@ -23,7 +23,7 @@ pub enum Route {
     /// `/v2/<name>/blobs/uploads/`
     UploadStart(RepoName),
     /// `/v2/<name>/blobs/uploads/<id>`
-    Upload(RepoName, String),
+    Upload(RepoName, UploadId),
     /// `/v2/<name>/referrers/<digest>`
     Referrers(RepoName, Digest),
 }
@@ -68,14 +68,8 @@ pub fn reference(s: &str) -> Result<Reference, Error> {
 }
 
 /// Upload ids are UUIDs we generated; anything else is unknown (and never reaches storage).
-fn upload_id(s: &str) -> Result<String, Error> {
-    match uuid::Uuid::parse_str(s) {
-        Ok(u) if u.hyphenated().to_string() == s => Ok(s.to_owned()),
-        _ => Err(Error::BlobUploadUnknown(format!(
-            "{:?}",
-            s.chars().take(80).collect::<String>()
-        ))),
-    }
+fn upload_id(s: &str) -> Result<UploadId, Error> {
+    s.parse().map_err(Error::BlobUploadUnknown)
 }
 
 /// Parses the path after `/v2/`.
@@ -160,7 +154,7 @@ mod tests {
         );
         assert_eq!(
             parse(&format!("a/b/blobs/uploads/{U}")).unwrap(),
-            Route::Upload(n("a/b"), U.into())
+            Route::Upload(n("a/b"), U.parse().unwrap())
         );
         assert_eq!(
             parse(&format!("a/referrers/{D}")).unwrap(),

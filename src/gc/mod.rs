@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use crate::meta::{GcBlob, GcManifest, GcPolicy};
+use crate::meta::{GcBlob, GcManifest, GcPolicy, MetaStore};
 use crate::registry::Registry;
+use crate::storage::BlobStore;
 
 /// Rows locked and deleted per transaction.
 const BATCH: usize = 200;
@@ -76,22 +77,23 @@ impl From<GcBlob> for ReportBlob {
     }
 }
 
-/// One GC run. With `dry_run`, reports what a full run would delete and changes nothing.
+/// One GC run over the metadata store and the storage it describes. With `dry_run`, reports
+/// what a full run would delete and changes nothing.
 pub async fn run(
-    registry: &Registry,
+    meta: &MetaStore,
+    storage: &dyn BlobStore,
     policy: GcPolicy,
     mode: Mode,
     dry_run: bool,
 ) -> anyhow::Result<GcReport> {
     let started = Instant::now();
-    let meta = &registry.meta;
     let mut report = GcReport {
         mode,
         dry_run,
         ..Default::default()
     };
     if mode == Mode::Queue && !dry_run {
-        run_queue(registry, policy, &mut report).await?;
+        run_queue(meta, storage, policy, &mut report).await?;
         report.duration_ms = started.elapsed().as_millis() as u64;
         return Ok(report);
     }
@@ -130,7 +132,7 @@ pub async fn run(
     tracing::debug!(target: "wharf::gc", ms = started.elapsed().as_millis() as u64, "links done");
 
     // Blobs: finish what an interrupted run left marked, then mark and delete new garbage.
-    delete_marked_blobs(registry, &mut report).await?;
+    delete_marked_blobs(meta, storage, &mut report).await?;
     tracing::debug!(target: "wharf::gc", ms = started.elapsed().as_millis() as u64, "leftover blobs done");
     loop {
         let candidates = meta.gc_blob_candidates(&policy, SCAN).await?;
@@ -139,7 +141,7 @@ pub async fn run(
         let mut marked = 0;
         for batch in candidates.chunks(BATCH) {
             marked += meta.gc_mark_blobs(batch, &policy).await?;
-            delete_marked_blobs(registry, &mut report).await?;
+            delete_marked_blobs(meta, storage, &mut report).await?;
         }
         if marked == 0 || (candidates.len() as i64) < SCAN {
             break;
@@ -152,11 +154,11 @@ pub async fn run(
 /// A run over the review queue. Deleting a manifest queues its children, referrers and blobs
 /// (in the same transaction), so one run follows a deletion all the way down.
 async fn run_queue(
-    registry: &Registry,
+    meta: &MetaStore,
+    storage: &dyn BlobStore,
     policy: GcPolicy,
     report: &mut GcReport,
 ) -> anyhow::Result<()> {
-    let meta = &registry.meta;
     loop {
         let ids = meta.gc_due_manifests(&policy, SCAN).await?;
         report.candidates_examined += ids.len() as u64;
@@ -172,7 +174,7 @@ async fn run_queue(
             break; // what is left is too young, or was claimed by a push
         }
     }
-    delete_marked_blobs(registry, report).await?;
+    delete_marked_blobs(meta, storage, report).await?;
     loop {
         let digests = meta.gc_due_blobs(&policy, SCAN).await?;
         report.candidates_examined += digests.len() as u64;
@@ -180,7 +182,7 @@ async fn run_queue(
         for batch in digests.chunks(BATCH) {
             report.links_deleted += meta.gc_delete_links_of(batch, &policy).await?;
             marked += meta.gc_mark_blobs(batch, &policy).await?;
-            delete_marked_blobs(registry, report).await?;
+            delete_marked_blobs(meta, storage, report).await?;
             meta.gc_settle_blobs(batch).await?;
         }
         if marked == 0 || (digests.len() as i64) < SCAN {
@@ -191,14 +193,17 @@ async fn run_queue(
 }
 
 /// Phase 2 for every blob marked `deleting`: objects first, under the row locks, then rows.
-async fn delete_marked_blobs(registry: &Registry, report: &mut GcReport) -> anyhow::Result<()> {
+async fn delete_marked_blobs(
+    meta: &MetaStore,
+    storage: &dyn BlobStore,
+    report: &mut GcReport,
+) -> anyhow::Result<()> {
     loop {
-        let batch = registry.meta.gc_begin_blob_delete(BATCH as i64).await?;
+        let batch = meta.gc_begin_blob_delete(BATCH as i64).await?;
         if batch.blobs().is_empty() {
             batch.finish().await?;
             return Ok(());
         }
-        let storage = &registry.storage;
         let deletions = batch
             .blobs()
             .iter()
@@ -237,7 +242,7 @@ pub fn spawn(registry: std::sync::Arc<Registry>, config: crate::config::GcConfig
                     Mode::Full
                 }
             };
-            match run(&registry, policy, mode, false).await {
+            match registry.collect_garbage(policy, mode, false).await {
                 Ok(r) => log_report(&r),
                 Err(e) => tracing::warn!(
                     error = format!("{e:#}"),

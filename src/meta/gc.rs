@@ -10,8 +10,12 @@
 //! On SQLite the write transaction holds the database's write lock, which is stronger.
 
 use sqlx::Row;
+use sqlx::any::AnyRow;
 
-use super::{MetaStore, WriteTx, digest_col, now_ms, placeholders};
+use super::sql::{
+    FromRow, bind_all, bind_digests, digest_col, from_rows, now_ms, placeholders, u64_col,
+};
+use super::{MetaResult, MetaStore, WriteTx};
 use crate::oci::Digest;
 
 /// What counts as garbage in one run.
@@ -53,22 +57,25 @@ pub struct GcPlan {
     pub blobs: Vec<GcBlob>,
 }
 
-/// A manifest is garbage, judged from its own row and its direct neighbours
-/// (`manifest_unreferenced!` is the same without the age condition):
-/// old enough, untagged, listed by no index, and either a referrer whose subject is gone from
-/// its repository or (with delete_untagged) not a referrer at all. The manifest graph is a DAG
-/// (a digest cannot contain itself), so applying this until nothing changes deletes exactly
-/// what is unreachable from the roots (see `plan`).
-macro_rules! manifest_unreferenced {
-    () => {
+/// A manifest is unreferenced, judged from its own row and its direct neighbours: untagged,
+/// listed by no index, and either a referrer whose subject is gone from its repository or
+/// (with delete_untagged, the parameter `$flag`) not a referrer at all. The manifest graph is
+/// a DAG (a digest cannot contain itself), so deleting what is unreferenced and old enough
+/// until nothing changes deletes exactly what is unreachable from the roots (see `gc_plan`).
+fn manifest_unreferenced(flag: usize) -> String {
+    format!(
         "NOT EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id)
     AND NOT EXISTS (SELECT 1 FROM manifest_children c WHERE c.child_id = m.id)
-    AND ((m.subject_digest IS NULL AND $2 = 1)
+    AND ((m.subject_digest IS NULL AND ${flag} = 1)
       OR (m.subject_digest IS NOT NULL AND NOT EXISTS (
             SELECT 1 FROM manifests s WHERE s.repository_id = m.repository_id AND s.digest = m.subject_digest)))"
-    };
+    )
 }
-const MANIFEST_IS_GARBAGE: &str = concat!("m.created_at < $1 AND ", manifest_unreferenced!());
+
+/// A manifest is garbage: older than the cutoff (`$1`) and unreferenced (policy flag `$2`).
+fn manifest_is_garbage() -> String {
+    format!("m.created_at < $1 AND {}", manifest_unreferenced(2))
+}
 
 /// A blob is garbage: stored, old enough, linked to no repository, referenced by no manifest.
 const BLOB_IS_GARBAGE: &str = "b.status = 'active' AND b.created_at < $1
@@ -86,6 +93,25 @@ pub struct BlobDelete {
     digests: Vec<GcBlob>,
 }
 
+impl FromRow for GcManifest {
+    fn from_row(r: &AnyRow) -> MetaResult<Self> {
+        Ok(GcManifest {
+            repository: r.try_get("name")?,
+            digest: digest_col(r, "digest")?,
+            size: u64_col(r, "total_size")?,
+        })
+    }
+}
+
+impl FromRow for GcBlob {
+    fn from_row(r: &AnyRow) -> MetaResult<Self> {
+        Ok(GcBlob {
+            digest: digest_col(r, "digest")?,
+            size: u64_col(r, "size")?,
+        })
+    }
+}
+
 impl BlobDelete {
     /// The blobs whose objects must be deleted before `finish`.
     pub fn blobs(&self) -> &[GcBlob] {
@@ -93,17 +119,18 @@ impl BlobDelete {
     }
 
     /// Deletes the rows (their objects are gone) and commits.
-    pub async fn finish(mut self) -> anyhow::Result<()> {
+    pub async fn finish(mut self) -> MetaResult<()> {
         if !self.digests.is_empty() {
             let sql = format!(
                 "DELETE FROM blobs WHERE status = 'deleting' AND digest IN ({})",
                 placeholders(1, self.digests.len())
             );
-            let mut q = sqlx::query(&sql);
-            for b in &self.digests {
-                q = q.bind(b.digest.as_str());
-            }
-            q.execute(&mut *self.tx.tx).await?;
+            bind_all(
+                sqlx::query(&sql),
+                self.digests.iter().map(|b| b.digest.as_str()),
+            )
+            .execute(self.tx.conn())
+            .await?;
         }
         self.tx.commit().await
     }
@@ -116,21 +143,19 @@ fn policy_flag(p: &GcPolicy) -> i64 {
 impl MetaStore {
     /// Up to `limit` manifests that look like garbage now (unlocked; `gc_delete_manifests`
     /// re-checks).
-    pub async fn gc_manifest_candidates(
-        &self,
-        p: &GcPolicy,
-        limit: i64,
-    ) -> anyhow::Result<Vec<i64>> {
-        let sql = format!(
-            "SELECT m.id FROM manifests m WHERE {MANIFEST_IS_GARBAGE} ORDER BY m.id LIMIT $3"
-        );
+    pub async fn gc_manifest_candidates(&self, p: &GcPolicy, limit: i64) -> MetaResult<Vec<i64>> {
+        let garbage = manifest_is_garbage();
+        let sql = format!("SELECT m.id FROM manifests m WHERE {garbage} ORDER BY m.id LIMIT $3");
         let rows = sqlx::query(&sql)
             .bind(p.cutoff_ms)
             .bind(policy_flag(p))
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows.iter().map(|r| r.get::<i64, _>(0)).collect())
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0))
+            .collect::<Result<_, _>>()?)
     }
 
     /// Deletes those of `ids` that are still garbage once locked (rule L). Returns them.
@@ -138,7 +163,7 @@ impl MetaStore {
         &self,
         ids: &[i64],
         p: &GcPolicy,
-    ) -> anyhow::Result<Vec<GcManifest>> {
+    ) -> MetaResult<Vec<GcManifest>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -148,43 +173,35 @@ impl MetaStore {
             placeholders(1, ids.len()),
             tx.dialect.lock_update()
         );
-        let mut q = sqlx::query(&lock);
-        for id in ids {
-            q = q.bind(*id);
-        }
-        q.fetch_all(&mut *tx.tx).await?;
+        bind_all(sqlx::query(&lock), ids.iter().copied())
+            .fetch_all(tx.conn())
+            .await?;
 
+        let garbage = manifest_is_garbage();
         let mut deleted = Vec::new();
         // One at a time, so that a parent deleted earlier in the batch frees its children.
         for id in ids {
             let check = format!(
                 "SELECT r.name, m.digest, m.total_size FROM manifests m JOIN repositories r ON r.id = m.repository_id
-                 WHERE m.id = $3 AND {MANIFEST_IS_GARBAGE}"
+                 WHERE m.id = $3 AND {garbage}"
             );
             let row = sqlx::query(&check)
                 .bind(p.cutoff_ms)
                 .bind(policy_flag(p))
                 .bind(*id)
-                .fetch_optional(&mut *tx.tx)
+                .fetch_optional(tx.conn())
                 .await?;
             let Some(row) = row else { continue };
             tx.review_dependents(*id).await?;
-            sqlx::query("DELETE FROM manifests WHERE id = $1")
-                .bind(*id)
-                .execute(&mut *tx.tx)
-                .await?;
-            deleted.push(GcManifest {
-                repository: row.try_get(0)?,
-                digest: digest_col(&row, "digest")?,
-                size: row.try_get::<i64, _>(2)? as u64,
-            });
+            tx.delete_manifest_row(*id).await?;
+            deleted.push(GcManifest::from_row(&row)?);
         }
         tx.commit().await?;
         Ok(deleted)
     }
 
     /// Removes links that nothing in their repository references. Returns how many.
-    pub async fn gc_delete_links(&self, p: &GcPolicy) -> anyhow::Result<u64> {
+    pub async fn gc_delete_links(&self, p: &GcPolicy) -> MetaResult<u64> {
         let mut tx = self.begin_write().await?;
         // Removing a link never endangers a blob: the blob itself is only deleted after its
         // own locked re-check, and a repository whose manifest references the blob serves it
@@ -195,18 +212,14 @@ impl MetaStore {
         );
         let done = sqlx::query(&sql)
             .bind(p.cutoff_ms)
-            .execute(&mut *tx.tx)
+            .execute(tx.conn())
             .await?;
         tx.commit().await?;
         Ok(done.rows_affected())
     }
 
     /// Up to `limit` blobs that look like garbage now (unlocked).
-    pub async fn gc_blob_candidates(
-        &self,
-        p: &GcPolicy,
-        limit: i64,
-    ) -> anyhow::Result<Vec<Digest>> {
+    pub async fn gc_blob_candidates(&self, p: &GcPolicy, limit: i64) -> MetaResult<Vec<Digest>> {
         let sql = format!(
             "SELECT b.digest FROM blobs b WHERE {BLOB_IS_GARBAGE} ORDER BY b.digest LIMIT $2"
         );
@@ -221,7 +234,7 @@ impl MetaStore {
     /// Phase 1: marks those of `digests` that are still garbage once locked (rule L) as
     /// `deleting`, and commits. From then on no request can use them: readers, mounts and
     /// manifest PUTs only see `active` blobs.
-    pub async fn gc_mark_blobs(&self, digests: &[Digest], p: &GcPolicy) -> anyhow::Result<u64> {
+    pub async fn gc_mark_blobs(&self, digests: &[Digest], p: &GcPolicy) -> MetaResult<u64> {
         if digests.is_empty() {
             return Ok(0);
         }
@@ -231,21 +244,18 @@ impl MetaStore {
             placeholders(1, digests.len()),
             tx.dialect.lock_update()
         );
-        let mut q = sqlx::query(&lock);
-        for d in digests {
-            q = q.bind(d.as_str());
-        }
-        q.fetch_all(&mut *tx.tx).await?;
+        bind_digests(sqlx::query(&lock), digests)
+            .fetch_all(tx.conn())
+            .await?;
         let mark = format!(
             "UPDATE blobs SET status = 'deleting' WHERE digest IN (
                  SELECT b.digest FROM blobs b WHERE b.digest IN ({}) AND {BLOB_IS_GARBAGE})",
             placeholders(2, digests.len())
         );
-        let mut q = sqlx::query(&mark).bind(p.cutoff_ms);
-        for d in digests {
-            q = q.bind(d.as_str());
-        }
-        let marked = q.execute(&mut *tx.tx).await?.rows_affected();
+        let marked = bind_digests(sqlx::query(&mark).bind(p.cutoff_ms), digests)
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
         tx.commit().await?;
         Ok(marked)
     }
@@ -253,32 +263,27 @@ impl MetaStore {
     /// Phase 2: locks up to `limit` blobs marked `deleting` (including those a crashed run
     /// left behind). The caller deletes their objects while the lock is held, then calls
     /// `finish`. A blob an upload revived meanwhile is `active` again and is not returned.
-    pub async fn gc_begin_blob_delete(&self, limit: i64) -> anyhow::Result<BlobDelete> {
+    pub async fn gc_begin_blob_delete(&self, limit: i64) -> MetaResult<BlobDelete> {
         let mut tx = self.begin_write().await?;
         let lock = format!(
             "SELECT digest FROM blobs WHERE status = 'deleting' ORDER BY digest LIMIT $1{}",
             tx.dialect.lock_update()
         );
-        let locked = sqlx::query(&lock)
-            .bind(limit)
-            .fetch_all(&mut *tx.tx)
-            .await?;
+        let locked = sqlx::query(&lock).bind(limit).fetch_all(tx.conn()).await?;
         let mut digests = Vec::new();
         if !locked.is_empty() {
             let check = format!(
                 "SELECT digest, size FROM blobs WHERE status = 'deleting' AND digest IN ({})",
                 placeholders(1, locked.len())
             );
-            let mut q = sqlx::query(&check);
-            for r in &locked {
-                q = q.bind(r.get::<String, _>(0));
-            }
-            for r in q.fetch_all(&mut *tx.tx).await? {
-                digests.push(GcBlob {
-                    digest: digest_col(&r, "digest")?,
-                    size: r.try_get::<i64, _>(1)? as u64,
-                });
-            }
+            let locked = locked
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<Result<Vec<_>, _>>()?;
+            let rows = bind_all(sqlx::query(&check), locked)
+                .fetch_all(tx.conn())
+                .await?;
+            digests = from_rows(&rows)?;
         }
         Ok(BlobDelete { tx, digests })
     }
@@ -286,40 +291,41 @@ impl MetaStore {
     // ---- the review queue ------------------------------------------------------------
 
     /// Manifests queued for review and due before the cutoff.
-    pub async fn gc_due_manifests(&self, p: &GcPolicy, limit: i64) -> anyhow::Result<Vec<i64>> {
+    pub async fn gc_due_manifests(&self, p: &GcPolicy, limit: i64) -> MetaResult<Vec<i64>> {
         let rows = sqlx::query("SELECT manifest_id FROM gc_manifest_reviews WHERE due < $1 ORDER BY due, manifest_id LIMIT $2")
             .bind(p.cutoff_ms)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows.iter().map(|r| r.get::<i64, _>(0)).collect())
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0))
+            .collect::<Result<_, _>>()?)
     }
 
     /// Drops the reviews of `ids` that are settled: the manifest is gone, or something keeps
     /// it (a tag, a parent index, an existing subject, or the policy). Unreferenced manifests
     /// that are merely too young keep their entry until they are old enough.
-    pub async fn gc_settle_manifests(&self, ids: &[i64], p: &GcPolicy) -> anyhow::Result<()> {
+    pub async fn gc_settle_manifests(&self, ids: &[i64], p: &GcPolicy) -> MetaResult<()> {
         if ids.is_empty() {
             return Ok(());
         }
         let mut tx = self.begin_write().await?;
-        // The policy flag is our own 0 or 1, inlined so that the ids number from $1.
-        let unreferenced = manifest_unreferenced!().replace("$2", &policy_flag(p).to_string());
+        // The policy flag is $1, the ids follow.
         let sql = format!(
             "DELETE FROM gc_manifest_reviews WHERE manifest_id IN ({}) AND NOT EXISTS (
-                 SELECT 1 FROM manifests m WHERE m.id = gc_manifest_reviews.manifest_id AND {unreferenced})",
-            placeholders(1, ids.len())
+                 SELECT 1 FROM manifests m WHERE m.id = gc_manifest_reviews.manifest_id AND {})",
+            placeholders(2, ids.len()),
+            manifest_unreferenced(1)
         );
-        let mut q = sqlx::query(&sql);
-        for id in ids {
-            q = q.bind(*id);
-        }
-        q.execute(&mut *tx.tx).await?;
+        bind_all(sqlx::query(&sql).bind(policy_flag(p)), ids.iter().copied())
+            .execute(tx.conn())
+            .await?;
         tx.commit().await
     }
 
     /// Blobs queued for review and due before the cutoff.
-    pub async fn gc_due_blobs(&self, p: &GcPolicy, limit: i64) -> anyhow::Result<Vec<Digest>> {
+    pub async fn gc_due_blobs(&self, p: &GcPolicy, limit: i64) -> MetaResult<Vec<Digest>> {
         let rows = sqlx::query("SELECT blob_digest FROM gc_blob_reviews WHERE due < $1 ORDER BY due, blob_digest LIMIT $2")
             .bind(p.cutoff_ms)
             .bind(limit)
@@ -329,11 +335,7 @@ impl MetaStore {
     }
 
     /// Removes the garbage links of these blobs. Returns how many.
-    pub async fn gc_delete_links_of(
-        &self,
-        digests: &[Digest],
-        p: &GcPolicy,
-    ) -> anyhow::Result<u64> {
+    pub async fn gc_delete_links_of(&self, digests: &[Digest], p: &GcPolicy) -> MetaResult<u64> {
         if digests.is_empty() {
             return Ok(0);
         }
@@ -344,18 +346,16 @@ impl MetaStore {
                  WHERE rb.blob_digest IN ({}) AND {LINK_IS_GARBAGE})",
             placeholders(2, digests.len())
         );
-        let mut q = sqlx::query(&sql).bind(p.cutoff_ms);
-        for d in digests {
-            q = q.bind(d.as_str());
-        }
-        let done = q.execute(&mut *tx.tx).await?;
+        let done = bind_digests(sqlx::query(&sql).bind(p.cutoff_ms), digests)
+            .execute(tx.conn())
+            .await?;
         tx.commit().await?;
         Ok(done.rows_affected())
     }
 
     /// Drops the reviews of `digests` that are settled: the blob is gone or being deleted, or a
     /// manifest references it. A blob still linked (young links) keeps its entry.
-    pub async fn gc_settle_blobs(&self, digests: &[Digest]) -> anyhow::Result<()> {
+    pub async fn gc_settle_blobs(&self, digests: &[Digest]) -> MetaResult<()> {
         if digests.is_empty() {
             return Ok(());
         }
@@ -366,16 +366,14 @@ impl MetaStore {
                  OR EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob_digest = gc_blob_reviews.blob_digest))",
             placeholders(1, digests.len())
         );
-        let mut q = sqlx::query(&sql);
-        for d in digests {
-            q = q.bind(d.as_str());
-        }
-        q.execute(&mut *tx.tx).await?;
+        bind_digests(sqlx::query(&sql), digests)
+            .execute(tx.conn())
+            .await?;
         tx.commit().await
     }
 
     /// Entries in the review queue (manifests, blobs).
-    pub async fn gc_queue_len(&self) -> anyhow::Result<(u64, u64)> {
+    pub async fn gc_queue_len(&self) -> MetaResult<(u64, u64)> {
         let m: i64 = sqlx::query("SELECT COUNT(*) FROM gc_manifest_reviews")
             .fetch_one(&self.pool)
             .await?
@@ -391,7 +389,7 @@ impl MetaStore {
     /// (tagged manifests, manifests younger than the cutoff, and — without delete_untagged —
     /// every manifest that is not a referrer) by following child and subject edges. It is
     /// computed independently of the deleting path, and tests hold the two to each other.
-    pub async fn gc_plan(&self, p: &GcPolicy) -> anyhow::Result<GcPlan> {
+    pub async fn gc_plan(&self, p: &GcPolicy) -> MetaResult<GcPlan> {
         const KEPT: &str = "WITH RECURSIVE edges(parent, child) AS (
                 SELECT parent_id, child_id FROM manifest_children
                 UNION ALL
@@ -415,16 +413,7 @@ impl MetaStore {
             .bind(policy_flag(p))
             .fetch_all(&self.pool)
             .await?;
-        let manifests = rows
-            .iter()
-            .map(|r| {
-                Ok(GcManifest {
-                    repository: r.try_get(0)?,
-                    digest: digest_col(r, "digest")?,
-                    size: r.try_get::<i64, _>(2)? as u64,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let manifests = from_rows(&rows)?;
 
         // Edges that survive: those of kept manifests.
         let live_edges = "SELECT mb.repository_id, mb.blob_digest FROM manifest_blobs mb WHERE mb.manifest_id IN (SELECT id FROM kept)";
@@ -457,15 +446,7 @@ impl MetaStore {
             .bind(policy_flag(p))
             .fetch_all(&self.pool)
             .await?;
-        let blobs = rows
-            .iter()
-            .map(|r| {
-                Ok(GcBlob {
-                    digest: digest_col(r, "digest")?,
-                    size: r.try_get::<i64, _>(1)? as u64,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let blobs = from_rows(&rows)?;
         Ok(GcPlan {
             manifests,
             links: links as u64,

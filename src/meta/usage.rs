@@ -6,7 +6,8 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{MetaStore, digest_col};
+use super::sql::{digest_col, u64_col};
+use super::{MetaResult, MetaStore};
 
 /// The figures a repository and a namespace share.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -66,22 +67,18 @@ pub struct LargestBlob {
     pub repositories: u64,
 }
 
-fn count(r: &AnyRow, col: &str) -> anyhow::Result<u64> {
-    Ok(r.try_get::<i64, _>(col)?.max(0) as u64)
-}
-
 impl UsageFigures {
     /// From a row of `repository_usage` or `namespace_usage` (same column names).
-    fn from_row(r: &AnyRow) -> anyhow::Result<Self> {
+    fn from_row(r: &AnyRow) -> MetaResult<Self> {
         Ok(UsageFigures {
-            tags: count(r, "tags")?,
-            manifests: count(r, "manifests")?,
-            tagged_manifests: count(r, "tagged_manifests")?,
-            untagged_manifests: count(r, "untagged_manifests")?,
-            blobs: count(r, "blobs")?,
-            logical_size: count(r, "logical_size")?,
-            exclusive_size: count(r, "exclusive_size")?,
-            shared_size: count(r, "shared_size")?,
+            tags: u64_col(r, "tags")?,
+            manifests: u64_col(r, "manifests")?,
+            tagged_manifests: u64_col(r, "tagged_manifests")?,
+            untagged_manifests: u64_col(r, "untagged_manifests")?,
+            blobs: u64_col(r, "blobs")?,
+            logical_size: u64_col(r, "logical_size")?,
+            exclusive_size: u64_col(r, "exclusive_size")?,
+            shared_size: u64_col(r, "shared_size")?,
             last_push_ms: r.try_get("last_push_ms")?,
         })
     }
@@ -92,7 +89,7 @@ const UNDER: &str = "(CAST($1 AS TEXT) = '' OR {col} = $1 OR substr({col}, 1, le
 
 impl MetaStore {
     /// Repositories in `namespace` (all when empty), largest logical size first.
-    pub async fn repository_usage(&self, namespace: &str) -> anyhow::Result<Vec<RepositoryUsage>> {
+    pub async fn repository_usage(&self, namespace: &str) -> MetaResult<Vec<RepositoryUsage>> {
         let sql = format!(
             "SELECT * FROM repository_usage WHERE {} ORDER BY logical_size DESC, repository",
             UNDER.replace("{col}", "repository")
@@ -112,7 +109,7 @@ impl MetaStore {
     }
 
     /// Namespaces equal to or below `namespace` (all when empty), in name order.
-    pub async fn namespace_usage(&self, namespace: &str) -> anyhow::Result<Vec<NamespaceUsage>> {
+    pub async fn namespace_usage(&self, namespace: &str) -> MetaResult<Vec<NamespaceUsage>> {
         let sql = format!(
             "SELECT * FROM namespace_usage WHERE {} ORDER BY namespace",
             UNDER.replace("{col}", "namespace")
@@ -125,24 +122,24 @@ impl MetaStore {
             .map(|r| {
                 Ok(NamespaceUsage {
                     namespace: r.try_get("namespace")?,
-                    repositories: count(r, "repositories")?,
+                    repositories: u64_col(r, "repositories")?,
                     figures: UsageFigures::from_row(r)?,
                 })
             })
             .collect()
     }
 
-    pub async fn registry_usage(&self) -> anyhow::Result<RegistryUsage> {
+    pub async fn registry_usage(&self) -> MetaResult<RegistryUsage> {
         let r = sqlx::query("SELECT * FROM registry_usage")
             .fetch_one(&self.pool)
             .await?;
-        let physical = count(&r, "physical_size")?;
-        let logical = count(&r, "logical_size")?;
+        let physical = u64_col(&r, "physical_size")?;
+        let logical = u64_col(&r, "logical_size")?;
         Ok(RegistryUsage {
-            repositories: count(&r, "repositories")?,
-            manifests: count(&r, "manifests")?,
-            tags: count(&r, "tags")?,
-            blobs: count(&r, "blobs")?,
+            repositories: u64_col(&r, "repositories")?,
+            manifests: u64_col(&r, "manifests")?,
+            tags: u64_col(&r, "tags")?,
+            blobs: u64_col(&r, "blobs")?,
             physical_size: physical,
             logical_size: logical,
             dedup_ratio: if physical == 0 {
@@ -150,7 +147,7 @@ impl MetaStore {
             } else {
                 logical as f64 / physical as f64
             },
-            pending_gc_size: count(&r, "pending_gc_size")?,
+            pending_gc_size: u64_col(&r, "pending_gc_size")?,
         })
     }
 
@@ -160,7 +157,7 @@ impl MetaStore {
         &self,
         namespace: &str,
         limit: u32,
-    ) -> anyhow::Result<Vec<LargestImage>> {
+    ) -> MetaResult<Vec<LargestImage>> {
         let sql = format!(
             "SELECT r.name AS repository, t.name AS tag, m.digest, m.total_size
              FROM tags t JOIN manifests m ON m.id = t.manifest_id JOIN repositories r ON r.id = t.repository_id
@@ -178,13 +175,13 @@ impl MetaStore {
                     repository: r.try_get("repository")?,
                     tag: r.try_get("tag")?,
                     digest: digest_col(r, "digest")?.to_string(),
-                    size: count(r, "total_size")?,
+                    size: u64_col(r, "total_size")?,
                 })
             })
             .collect()
     }
 
-    pub async fn largest_blobs(&self, limit: u32) -> anyhow::Result<Vec<LargestBlob>> {
+    pub async fn largest_blobs(&self, limit: u32) -> MetaResult<Vec<LargestBlob>> {
         let rows = sqlx::query(
             "SELECT digest, size, repository_refs FROM blob_refcounts WHERE status = 'active'
              ORDER BY size DESC, digest LIMIT $1",
@@ -196,8 +193,8 @@ impl MetaStore {
             .map(|r| {
                 Ok(LargestBlob {
                     digest: digest_col(r, "digest")?.to_string(),
-                    size: count(r, "size")?,
-                    repositories: count(r, "repository_refs")?,
+                    size: u64_col(r, "size")?,
+                    repositories: u64_col(r, "repository_refs")?,
                 })
             })
             .collect()

@@ -4,7 +4,9 @@
 mod digest;
 pub mod manifest;
 mod name;
+mod upload;
 
 pub use digest::{Digest, DigestError, Sha256Hasher};
 pub use manifest::{MediaType, ParsedManifest};
 pub use name::{Reference, RepoName, Tag};
+pub use upload::{UploadId, upload_range};

@@ -7,25 +7,64 @@
 mod uploads;
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
-use crate::meta::{DeleteOutcome, ManifestRecord, MetaStore, NewManifest, PutManifestOutcome};
+use crate::fsck::FsckReport;
+use crate::gc::{GcReport, Mode};
+use crate::meta::{
+    DeleteOutcome, GcPolicy, ManifestRecord, MetaStore, NewManifest, PutManifestOutcome,
+};
 use crate::oci::{Digest, ParsedManifest, Reference, RepoName, manifest};
-use crate::storage::{BlobStore, ByteStream, StorageError};
+use crate::storage::{BlobStore, ByteStream, StorageErrorKind};
+use crate::usage::UsageReport;
 
 pub use uploads::{ContentRange, UploadStatus};
 
 /// Manifests larger than this are refused with 413 (Distribution's limit too).
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
+/// The registry's use cases over one metadata store and one storage driver. Its parts are
+/// private: the HTTP layer, the CLI and the background jobs go through these methods.
 pub struct Registry {
-    pub meta: MetaStore,
-    pub storage: BlobStore,
+    meta: MetaStore,
+    storage: Arc<dyn BlobStore>,
+    options: Options,
+}
+
+/// What the configuration decides about the use cases.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// `storage.delete.enabled`
     pub delete_enabled: bool,
+    /// Whole-blob GETs may be answered with a redirect to the storage (`storage.redirect`).
     pub redirect_enabled: bool,
+}
+
+/// Blob GETs that found an active row but no object: data loss, counted since start.
+static MISSING_OBJECTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many blob reads found a row but no object since the process started.
+pub fn missing_objects_seen() -> u64 {
+    MISSING_OBJECTS.load(Ordering::Relaxed)
+}
+
+/// Readiness of the registry's dependencies.
+#[derive(Debug)]
+pub struct Readiness {
+    pub database: std::result::Result<(), String>,
+    pub storage: std::result::Result<(), String>,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.database.is_ok() && self.storage.is_ok()
+    }
 }
 
 /// How a blob GET is answered.
@@ -39,23 +78,58 @@ pub struct StoredManifest {
     pub subject: Option<Digest>,
 }
 
-impl From<StorageError> for Error {
-    fn from(e: StorageError) -> Self {
-        match e {
-            StorageError::NotFound => Error::BlobUnknown("stored object not found".into()),
-            StorageError::Body(msg) => {
-                Error::BlobUploadInvalid(format!("request body failed: {msg}"))
-            }
-            e @ StorageError::UploadDataLost { .. } => {
-                Error::BlobUploadInvalid(format!("{e}; cancel this upload and start a new one"))
-            }
-            StorageError::Io(e) => Error::internal("storage", e),
-            StorageError::Other(e) => Error::Internal(e.context("storage")),
+impl Registry {
+    pub fn new(meta: MetaStore, storage: Arc<dyn BlobStore>, options: Options) -> Self {
+        Registry {
+            meta,
+            storage,
+            options,
         }
     }
-}
 
-impl Registry {
+    /// Where the blobs are, for logs.
+    pub fn describe_storage(&self) -> String {
+        self.storage.describe()
+    }
+
+    // ---- operations --------------------------------------------------------------------
+
+    /// Whether the database and the storage both answer (storage: and accepts a write).
+    #[tracing::instrument(skip_all)]
+    pub async fn readiness(&self) -> Readiness {
+        let (db, storage) = tokio::join!(self.meta.ping(), self.storage.check());
+        Readiness {
+            database: db.map_err(|e| e.to_string()),
+            storage: storage.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The usage report (`wharf usage`, `GET /admin/usage`).
+    #[tracing::instrument(skip_all)]
+    pub async fn usage(&self, namespace: &str, top: u32) -> Result<UsageReport> {
+        Ok(crate::usage::report(&self.meta, namespace, top).await?)
+    }
+
+    /// One garbage collection run (see `gc::run`).
+    #[tracing::instrument(skip_all)]
+    pub async fn collect_garbage(
+        &self,
+        policy: GcPolicy,
+        mode: Mode,
+        dry_run: bool,
+    ) -> anyhow::Result<GcReport> {
+        crate::gc::run(&self.meta, self.storage.as_ref(), policy, mode, dry_run).await
+    }
+
+    /// Storage compared with the database (see `fsck::run`).
+    pub async fn fsck(
+        &self,
+        delete_orphans: bool,
+        min_age: Duration,
+    ) -> anyhow::Result<FsckReport> {
+        crate::fsck::run(&self.meta, self.storage.as_ref(), delete_orphans, min_age).await
+    }
+
     // ---- blobs -------------------------------------------------------------------------
 
     pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
@@ -73,14 +147,27 @@ impl Registry {
         len: u64,
         whole: bool,
     ) -> Result<BlobBody> {
-        if whole && self.redirect_enabled {
+        if whole && self.options.redirect_enabled {
             if let Some(url) = self.storage.redirect_url(digest).await? {
                 return Ok(BlobBody::Redirect(url));
             }
         }
-        Ok(BlobBody::Bytes(
-            self.storage.blob_read(digest, start, len).await?,
-        ))
+        match self.storage.blob_read(digest, start, len).await {
+            Ok(stream) => Ok(BlobBody::Bytes(stream)),
+            Err(e) if e.kind() == StorageErrorKind::NotFound => {
+                // The database says the blob is stored and servable: an object missing behind
+                // an active row is lost data, never an ordinary miss.
+                MISSING_OBJECTS.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    %digest,
+                    storage = %self.storage.describe(),
+                    "DATA LOSS: an active blob row has no object in storage; run `wharf fsck` \
+                     and push the blob again to restore it"
+                );
+                Err(e.into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
@@ -198,7 +285,7 @@ impl Registry {
     }
 
     fn require_delete(&self) -> Result<()> {
-        if self.delete_enabled {
+        if self.options.delete_enabled {
             Ok(())
         } else {
             Err(Error::Unsupported(

@@ -13,13 +13,13 @@ use futures_util::{Stream, StreamExt};
 use super::{Registry, io_stream};
 use crate::error::{Error, Result};
 use crate::meta::UploadRecord;
-use crate::oci::{Digest, RepoName, Sha256Hasher};
-use crate::storage::UploadLock;
+use crate::oci::{Digest, RepoName, Sha256Hasher, UploadId};
+use crate::storage::UploadWriter;
 
 /// An upload's position, for the `Range` and `Location` headers.
 #[derive(Debug, Clone)]
 pub struct UploadStatus {
-    pub id: String,
+    pub id: UploadId,
     pub size: u64,
 }
 
@@ -38,21 +38,21 @@ impl ContentRange {
 
 impl Registry {
     pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadStatus> {
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = UploadId::generate();
         self.meta
             .create_upload(repo, &id, &Sha256Hasher::new().save(), "")
             .await?;
         Ok(UploadStatus { id, size: 0 })
     }
 
-    async fn upload_record(&self, repo: &RepoName, id: &str) -> Result<UploadRecord> {
+    async fn upload_record(&self, repo: &RepoName, id: &UploadId) -> Result<UploadRecord> {
         match self.meta.upload(id).await? {
             Some(u) if u.repository == repo.as_str() => Ok(u),
             _ => Err(Error::BlobUploadUnknown(format!("upload {id} in {repo}"))),
         }
     }
 
-    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadStatus> {
+    pub async fn upload_status(&self, repo: &RepoName, id: &UploadId) -> Result<UploadStatus> {
         let u = self.upload_record(repo, id).await?;
         Ok(UploadStatus {
             id: u.id,
@@ -60,19 +60,23 @@ impl Registry {
         })
     }
 
-    /// Takes the upload's storage lock and re-reads its state under it.
-    async fn lock_upload(&self, repo: &RepoName, id: &str) -> Result<(UploadLock, UploadRecord)> {
+    /// Opens the upload in storage (which serialises writers) and re-reads its state then.
+    async fn open_upload(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+    ) -> Result<(Box<dyn UploadWriter + '_>, UploadRecord)> {
         // Checked before touching storage, so unknown ids create nothing there.
         self.upload_record(repo, id).await?;
-        let lock = self.storage.upload_lock(id).await?;
+        let writer = self.storage.open_upload(id).await?;
         let record = self.upload_record(repo, id).await?;
-        Ok((lock, record))
+        Ok((writer, record))
     }
 
     /// Writes `body` at the upload's end and saves the new state.
     async fn append_locked<S, E>(
         &self,
-        lock: &mut UploadLock,
+        writer: &mut dyn UploadWriter,
         record: &mut UploadRecord,
         range: Option<ContentRange>,
         body: S,
@@ -98,15 +102,14 @@ impl Registry {
                 format!("corrupt hash state for upload {}", record.id),
             )
         })?;
-        let hashed = io_stream(body).map(|r: io::Result<Bytes>| {
+        let mut hashed = io_stream(body).map(|r: io::Result<Bytes>| {
             if let Ok(b) = &r {
                 hasher.update(b);
             }
             r
         });
-        let appended = self
-            .storage
-            .upload_append(lock, &record.id, &record.driver_state, record.size, hashed)
+        let appended = writer
+            .append(&record.driver_state, record.size, &mut hashed)
             .await?;
         if let Some(r) = range {
             if appended.written != r.len() {
@@ -152,7 +155,7 @@ impl Registry {
     pub async fn append_upload<S, E>(
         &self,
         repo: &RepoName,
-        id: &str,
+        id: &UploadId,
         range: Option<ContentRange>,
         body: S,
     ) -> Result<UploadStatus>
@@ -160,8 +163,8 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let (mut lock, mut record) = self.lock_upload(repo, id).await?;
-        self.append_locked(&mut lock, &mut record, range, body)
+        let (mut writer, mut record) = self.open_upload(repo, id).await?;
+        self.append_locked(writer.as_mut(), &mut record, range, body)
             .await?;
         Ok(UploadStatus {
             id: record.id,
@@ -174,7 +177,7 @@ impl Registry {
     pub async fn complete_upload<S, E>(
         &self,
         repo: &RepoName,
-        id: &str,
+        id: &UploadId,
         digest: &Digest,
         range: Option<ContentRange>,
         body: S,
@@ -183,8 +186,8 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let (mut lock, mut record) = self.lock_upload(repo, id).await?;
-        self.append_locked(&mut lock, &mut record, range, body)
+        let (mut writer, mut record) = self.open_upload(repo, id).await?;
+        self.append_locked(writer.as_mut(), &mut record, range, body)
             .await?;
         let hasher = Sha256Hasher::restore(&record.hash_state).ok_or_else(|| {
             Error::internal("upload", format!("corrupt hash state for upload {id}"))
@@ -203,15 +206,15 @@ impl Registry {
         let commit = self.meta.begin_blob_commit(digest, record.size).await?;
         let needs_object = commit.needs_object();
         if needs_object {
-            self.storage
-                .upload_commit(&mut lock, id, &record.driver_state, record.size, digest)
+            writer
+                .commit(&record.driver_state, record.size, digest)
                 .await?;
         }
         commit.finish(repo, digest, id).await?;
         if !needs_object {
             // The registry already stored these bytes.
             if let Err(e) = self.storage.upload_abort(id, &record.driver_state).await {
-                tracing::warn!(upload = id, error = %e, "could not remove the data of a deduplicated upload");
+                tracing::warn!(upload = %id, error = %e, "could not remove the data of a deduplicated upload");
             }
         }
         Ok(record.size)
@@ -238,7 +241,7 @@ impl Registry {
         result
     }
 
-    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
         let record = self.upload_record(repo, id).await?;
         self.meta.delete_upload(id).await?;
         self.storage.upload_abort(id, &record.driver_state).await?;
@@ -255,8 +258,9 @@ impl Registry {
     ) -> anyhow::Result<usize> {
         let before = crate::meta::now_ms() - age.as_millis() as i64;
         let mut purged = 0;
-        for (id, age_secs) in self.storage.stored_uploads().await? {
-            if age_secs < age.as_secs() || self.meta.upload(&id).await?.is_some() {
+        for stored in self.storage.stored_uploads().await? {
+            let id = stored.id;
+            if stored.age_secs < age.as_secs() || self.meta.upload(&id).await?.is_some() {
                 continue;
             }
             purged += 1;

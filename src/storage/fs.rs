@@ -13,12 +13,16 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use tokio::task::spawn_blocking;
 
-use super::{Appended, ByteStream, StorageError, StorageResult};
-use crate::oci::Digest;
+use super::{
+    Appended, BlobStore, BodyStream, ByteStream, StorageError, StorageResult, StoredObject,
+    StoredUpload, UploadWriter,
+};
+use crate::oci::{Digest, UploadId};
 
 /// Appends are written in pieces of this size, one piece in flight while the next arrives.
 const WRITE_PIECE: usize = 1 << 20;
@@ -66,7 +70,10 @@ pub struct FsDriver {
     root: PathBuf,
 }
 
-pub(super) struct UploadFile {
+/// An upload opened by one request: its data file, under an exclusive `flock`.
+struct FsUpload<'a> {
+    driver: &'a FsDriver,
+    id: UploadId,
     file: Arc<File>,
 }
 
@@ -102,12 +109,19 @@ impl FsDriver {
             .join("data")
     }
 
-    /// `id` is a UUID checked by the API layer; it never contains a path separator.
-    fn upload_dir(&self, id: &str) -> PathBuf {
-        self.root.join("wharf/uploads").join(id)
+    /// An [`UploadId`] holds no path separator or dot, so this stays under the root.
+    fn upload_dir(&self, id: &UploadId) -> PathBuf {
+        self.root.join("wharf/uploads").join(id.as_str())
+    }
+}
+
+#[async_trait]
+impl BlobStore for FsDriver {
+    fn describe(&self) -> String {
+        format!("filesystem at {}", self.root.display())
     }
 
-    pub(super) async fn check(&self) -> StorageResult<()> {
+    async fn check(&self) -> StorageResult<()> {
         let probe = self.root.join("wharf/.ready");
         blocking(move || {
             std::fs::write(&probe, b"ok")?;
@@ -117,7 +131,7 @@ impl FsDriver {
         Ok(())
     }
 
-    pub(super) async fn upload_lock(&self, id: &str) -> StorageResult<UploadFile> {
+    async fn open_upload<'a>(&'a self, id: &UploadId) -> StorageResult<Box<dyn UploadWriter + 'a>> {
         let dir = self.upload_dir(id);
         let file = blocking(move || {
             std::fs::create_dir_all(&dir)?;
@@ -134,22 +148,183 @@ impl FsDriver {
             Ok(file)
         })
         .await?;
-        Ok(UploadFile {
+        Ok(Box::new(FsUpload {
+            driver: self,
+            id: id.clone(),
             file: Arc::new(file),
-        })
+        }))
     }
 
-    pub(super) async fn upload_append<S>(
-        &self,
-        upload: &mut UploadFile,
+    async fn upload_abort(&self, id: &UploadId, _state: &str) -> StorageResult<()> {
+        let dir = self.upload_dir(id);
+        blocking(move || match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            other => other,
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn purge_upload(&self, id: &UploadId) -> StorageResult<()> {
+        self.upload_abort(id, "").await
+    }
+
+    async fn blob_read(&self, digest: &Digest, start: u64, len: u64) -> StorageResult<ByteStream> {
+        let path = self.blob_path(digest);
+        // A blob that fits in one piece is opened and read in one blocking call.
+        let (file, first) = blocking(move || {
+            let file = File::open(path)?;
+            let first = if len <= READ_PIECE {
+                Some(read_piece(&file, start, len as usize)?)
+            } else {
+                None
+            };
+            Ok((file, first))
+        })
+        .await
+        .map_err(not_found)?;
+        if let Some(piece) = first {
+            return Ok(Box::pin(futures_util::stream::once(
+                async move { Ok(piece) },
+            )));
+        }
+        // Larger ones are read a piece ahead: the next read runs while this piece is sent.
+        let file = Arc::new(file);
+        let end = start + len;
+        let read = move |pos: u64| {
+            let file = file.clone();
+            let want = (end - pos).min(READ_PIECE) as usize;
+            (
+                pos + want as u64,
+                spawn_blocking(move || read_piece(&file, pos, want)),
+            )
+        };
+        let (next, pending) = read(start);
+        let stream =
+            futures_util::stream::try_unfold((next, Some(pending)), move |(next, pending)| {
+                let read = read.clone();
+                async move {
+                    let Some(pending) = pending else {
+                        return Ok(None);
+                    };
+                    let piece = pending.await.map_err(io::Error::other)??;
+                    let ahead = (next < end).then(|| read(next));
+                    Ok(Some(match ahead {
+                        Some((after, handle)) => (piece, (after, Some(handle))),
+                        None => (piece, (next, None)),
+                    }))
+                }
+            });
+        Ok(Box::pin(stream))
+    }
+
+    async fn blob_stat(&self, digest: &Digest) -> StorageResult<Option<u64>> {
+        let path = self.blob_path(digest);
+        match blocking(move || std::fs::metadata(path)).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Upload directories and the age in seconds of their data.
+    async fn stored_uploads(&self) -> StorageResult<Vec<StoredUpload>> {
+        let base = self.root.join("wharf/uploads");
+        let found = blocking(move || {
+            use std::os::unix::fs::MetadataExt;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(&base)? {
+                let entry = entry?;
+                // Only directories named like an upload id are ours.
+                let Ok(id) = entry.file_name().to_string_lossy().parse::<UploadId>() else {
+                    continue;
+                };
+                let m =
+                    std::fs::metadata(entry.path().join("data")).or_else(|_| entry.metadata())?;
+                out.push(StoredUpload {
+                    id,
+                    age_secs: (now - m.mtime()).max(0) as u64,
+                });
+            }
+            Ok(out)
+        })
+        .await?;
+        Ok(found)
+    }
+
+    /// Every blob object, with its size and how long ago it was put in place (ctime: a
+    /// rename sets it). Only fsck walks storage.
+    async fn list_blobs(&self) -> StorageResult<Vec<StoredObject>> {
+        let base = self.root.join("docker/registry/v2/blobs/sha256");
+        let objects = blocking(move || {
+            use std::os::unix::fs::MetadataExt;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let mut out = Vec::new();
+            let prefixes = match std::fs::read_dir(&base) {
+                Ok(d) => d,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(out),
+                Err(e) => return Err(e),
+            };
+            for prefix in prefixes {
+                let prefix = prefix?;
+                for entry in std::fs::read_dir(prefix.path())? {
+                    let entry = entry?;
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let Ok(digest) = format!("sha256:{name}").parse::<Digest>() else {
+                        continue;
+                    };
+                    match std::fs::metadata(entry.path().join("data")) {
+                        Ok(m) => out.push(StoredObject {
+                            digest,
+                            size: m.len(),
+                            age_secs: (now - m.ctime()).max(0) as u64,
+                        }),
+                        Err(e) if e.kind() == ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+        Ok(objects)
+    }
+
+    async fn blob_delete(&self, digest: &Digest) -> StorageResult<()> {
+        let path = self.blob_path(digest);
+        blocking(move || {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait(?Send)]
+impl UploadWriter for FsUpload<'_> {
+    async fn append(
+        &mut self,
         _state: &str,
         offset: u64,
-        mut body: S,
-    ) -> StorageResult<Appended>
-    where
-        S: Stream<Item = io::Result<Bytes>> + Unpin,
-    {
+        body: &mut BodyStream<'_>,
+    ) -> StorageResult<Appended> {
+        let upload = &*self;
         let file = upload.file.clone();
+
         let found = blocking(move || {
             let len = file.metadata()?.len();
             if len > offset {
@@ -212,17 +387,10 @@ impl FsDriver {
         })
     }
 
-    pub(super) async fn upload_commit(
-        &self,
-        upload: &mut UploadFile,
-        id: &str,
-        _state: &str,
-        size: u64,
-        digest: &Digest,
-    ) -> StorageResult<()> {
-        let src_dir = self.upload_dir(id);
-        let dst = self.blob_path(digest);
-        let file = upload.file.clone();
+    async fn commit(&mut self, _state: &str, size: u64, digest: &Digest) -> StorageResult<()> {
+        let src_dir = self.driver.upload_dir(&self.id);
+        let dst = self.driver.blob_path(digest);
+        let file = self.file.clone();
         blocking(move || {
             // The recorded size is the truth; anything past it is from a failed request.
             let len = file.metadata()?.len();
@@ -246,165 +414,12 @@ impl FsDriver {
         .await?;
         Ok(())
     }
-
-    pub(super) async fn upload_abort(&self, id: &str, _state: &str) -> StorageResult<()> {
-        let dir = self.upload_dir(id);
-        blocking(move || match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            other => other,
-        })
-        .await?;
-        Ok(())
-    }
-
-    pub(super) async fn blob_read(
-        &self,
-        digest: &Digest,
-        start: u64,
-        len: u64,
-    ) -> StorageResult<ByteStream> {
-        let path = self.blob_path(digest);
-        // A blob that fits in one piece is opened and read in one blocking call.
-        let (file, first) = blocking(move || {
-            let file = File::open(path)?;
-            let first = if len <= READ_PIECE {
-                Some(read_piece(&file, start, len as usize)?)
-            } else {
-                None
-            };
-            Ok((file, first))
-        })
-        .await
-        .map_err(not_found)?;
-        if let Some(piece) = first {
-            return Ok(Box::pin(futures_util::stream::once(
-                async move { Ok(piece) },
-            )));
-        }
-        // Larger ones are read a piece ahead: the next read runs while this piece is sent.
-        let file = Arc::new(file);
-        let end = start + len;
-        let read = move |pos: u64| {
-            let file = file.clone();
-            let want = (end - pos).min(READ_PIECE) as usize;
-            (
-                pos + want as u64,
-                spawn_blocking(move || read_piece(&file, pos, want)),
-            )
-        };
-        let (next, pending) = read(start);
-        let stream =
-            futures_util::stream::try_unfold((next, Some(pending)), move |(next, pending)| {
-                let read = read.clone();
-                async move {
-                    let Some(pending) = pending else {
-                        return Ok(None);
-                    };
-                    let piece = pending.await.map_err(io::Error::other)??;
-                    let ahead = (next < end).then(|| read(next));
-                    Ok(Some(match ahead {
-                        Some((after, handle)) => (piece, (after, Some(handle))),
-                        None => (piece, (next, None)),
-                    }))
-                }
-            });
-        Ok(Box::pin(stream))
-    }
-
-    pub(super) async fn blob_stat(&self, digest: &Digest) -> StorageResult<Option<u64>> {
-        let path = self.blob_path(digest);
-        match blocking(move || std::fs::metadata(path)).await {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Upload directories and the age in seconds of their data.
-    pub(super) async fn stored_uploads(&self) -> StorageResult<Vec<(String, u64)>> {
-        let base = self.root.join("wharf/uploads");
-        let found = blocking(move || {
-            use std::os::unix::fs::MetadataExt;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            let mut out = Vec::new();
-            for entry in std::fs::read_dir(&base)? {
-                let entry = entry?;
-                let id = entry.file_name().to_string_lossy().into_owned();
-                let m =
-                    std::fs::metadata(entry.path().join("data")).or_else(|_| entry.metadata())?;
-                out.push((id, (now - m.mtime()).max(0) as u64));
-            }
-            Ok(out)
-        })
-        .await?;
-        Ok(found)
-    }
-
-    /// Every blob object, with its size and how long ago it was put in place (ctime: a
-    /// rename sets it). Only fsck walks storage.
-    pub(super) async fn list_blobs(&self) -> StorageResult<Vec<super::StoredObject>> {
-        let base = self.root.join("docker/registry/v2/blobs/sha256");
-        let objects = blocking(move || {
-            use std::os::unix::fs::MetadataExt;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            let mut out = Vec::new();
-            let prefixes = match std::fs::read_dir(&base) {
-                Ok(d) => d,
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(out),
-                Err(e) => return Err(e),
-            };
-            for prefix in prefixes {
-                let prefix = prefix?;
-                for entry in std::fs::read_dir(prefix.path())? {
-                    let entry = entry?;
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    let Ok(digest) = format!("sha256:{name}").parse::<Digest>() else {
-                        continue;
-                    };
-                    match std::fs::metadata(entry.path().join("data")) {
-                        Ok(m) => out.push(super::StoredObject {
-                            digest,
-                            size: m.len(),
-                            age_secs: (now - m.ctime()).max(0) as u64,
-                        }),
-                        Err(e) if e.kind() == ErrorKind::NotFound => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-            Ok(out)
-        })
-        .await?;
-        Ok(objects)
-    }
-
-    pub(super) async fn blob_delete(&self, digest: &Digest) -> StorageResult<()> {
-        let path = self.blob_path(digest);
-        blocking(move || {
-            match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-            if let Some(dir) = path.parent() {
-                let _ = std::fs::remove_dir(dir);
-            }
-            Ok(())
-        })
-        .await?;
-        Ok(())
-    }
 }
 
 fn not_found(e: io::Error) -> StorageError {
     if e.kind() == ErrorKind::NotFound {
         StorageError::NotFound
     } else {
-        StorageError::Io(e)
+        e.into()
     }
 }

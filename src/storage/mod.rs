@@ -2,43 +2,33 @@
 //! manifests, repositories or the database; they store, stream and delete objects.
 //!
 //! Blobs live at Distribution's path, `docker/registry/v2/blobs/sha256/<2 hex>/<hex>/data`
-//! under the root, so an existing Distribution tree can be served in place.
+//! under the root, so an existing Distribution tree can be served in place. Every driver
+//! implements [`BlobStore`] and passes the one conformance suite in `tests/storage.rs`.
 
+mod error;
 mod fs;
 mod s3;
 
-pub use s3::https_client;
-
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 
+use anyhow::Context;
+use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::Stream;
 
+pub use error::{StorageError, StorageErrorKind, StorageResult};
 pub use fs::FsDriver;
-pub use s3::S3Driver;
+pub use s3::{S3Driver, https_client};
 
-use crate::oci::Digest;
+use crate::config::Config;
+use crate::oci::{Digest, UploadId};
 
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error("object not found")]
-    NotFound,
-    /// The request body failed (client went away, or sent less than it announced).
-    #[error("request body: {0}")]
-    Body(String),
-    /// The upload's stored bytes no longer match its recorded size.
-    #[error("upload data is missing or shorter than recorded ({found} of {expected} bytes)")]
-    UploadDataLost { expected: u64, found: u64 },
-    #[error(transparent)]
-    Io(#[from] io::Error),
-    #[error(transparent)]
-    Other(#[from] anyhow::Error),
-}
-
-pub type StorageResult<T> = Result<T, StorageError>;
+/// A request body as a driver reads it (actix's payload is not `Send`).
+pub type BodyStream<'a> = dyn Stream<Item = io::Result<Bytes>> + Unpin + 'a;
 
 /// The result of appending a request body to an upload.
 #[derive(Debug)]
@@ -57,154 +47,92 @@ pub struct StoredObject {
     pub age_secs: u64,
 }
 
-/// Held while one request writes to an upload; other requests for the same upload wait.
-pub struct UploadLock {
-    /// The filesystem driver's file lock; S3 needs none (see s3.rs).
-    file: Option<fs::UploadFile>,
+/// Upload data found in storage: the upload's id and the age in seconds of its newest data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredUpload {
+    pub id: UploadId,
+    pub age_secs: u64,
 }
 
-/// The configured storage driver.
-pub enum BlobStore {
-    Filesystem(FsDriver),
-    S3(S3Driver),
-}
-
-fn no_lock() -> StorageError {
-    StorageError::Other(anyhow::anyhow!("filesystem upload used without its lock"))
-}
-
-impl BlobStore {
-    pub fn describe(&self) -> String {
-        match self {
-            BlobStore::Filesystem(d) => format!("filesystem at {}", d.root().display()),
-            BlobStore::S3(d) => d.describe(),
-        }
-    }
+/// A storage driver. Every method is safe to call from several processes sharing the store.
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// Where the bytes are, for logs.
+    fn describe(&self) -> String;
 
     /// Readiness: the storage answers and is writable.
-    pub async fn check(&self) -> StorageResult<()> {
-        match self {
-            BlobStore::Filesystem(d) => d.check().await,
-            BlobStore::S3(d) => d.check().await,
-        }
-    }
+    async fn check(&self) -> StorageResult<()>;
 
-    pub async fn upload_lock(&self, id: &str) -> StorageResult<UploadLock> {
-        match self {
-            BlobStore::Filesystem(d) => Ok(UploadLock {
-                file: Some(d.upload_lock(id).await?),
-            }),
-            BlobStore::S3(_) => Ok(UploadLock { file: None }),
-        }
-    }
-
-    /// Appends `body` to upload `id`, which holds `offset` bytes. Returns once the bytes are
-    /// durable. On error nothing is recorded as written: the next append starts again at
-    /// `offset`.
-    pub async fn upload_append<S>(
-        &self,
-        lock: &mut UploadLock,
-        id: &str,
-        state: &str,
-        offset: u64,
-        body: S,
-    ) -> StorageResult<Appended>
-    where
-        S: Stream<Item = io::Result<Bytes>> + Unpin,
-    {
-        match self {
-            BlobStore::Filesystem(d) => {
-                let file = lock.file.as_mut().ok_or_else(no_lock)?;
-                d.upload_append(file, state, offset, body).await
-            }
-            BlobStore::S3(d) => d.upload_append(id, state, offset, body).await,
-        }
-    }
-
-    /// Makes the upload's `size` bytes the object for `digest`.
-    pub async fn upload_commit(
-        &self,
-        lock: &mut UploadLock,
-        id: &str,
-        state: &str,
-        size: u64,
-        digest: &Digest,
-    ) -> StorageResult<()> {
-        match self {
-            BlobStore::Filesystem(d) => {
-                let file = lock.file.as_mut().ok_or_else(no_lock)?;
-                d.upload_commit(file, id, state, size, digest).await
-            }
-            BlobStore::S3(d) => d.upload_commit(id, state, size, digest).await,
-        }
-    }
+    /// Opens upload `id` for one request's writes. While the returned writer lives, other
+    /// requests for the same upload (in any process) wait here, or the driver otherwise makes
+    /// concurrent writers harmless (S3: unique keys, see s3.rs).
+    async fn open_upload<'a>(&'a self, id: &UploadId) -> StorageResult<Box<dyn UploadWriter + 'a>>;
 
     /// Discards an upload's bytes. Missing data is not an error.
-    pub async fn upload_abort(&self, id: &str, state: &str) -> StorageResult<()> {
-        match self {
-            BlobStore::Filesystem(d) => d.upload_abort(id, state).await,
-            BlobStore::S3(d) => d.upload_abort(id, state).await,
-        }
-    }
+    async fn upload_abort(&self, id: &UploadId, state: &str) -> StorageResult<()>;
 
-    /// Uploads that have data in storage, with the age in seconds of their newest data.
-    pub async fn stored_uploads(&self) -> StorageResult<Vec<(String, u64)>> {
-        match self {
-            BlobStore::Filesystem(d) => d.stored_uploads().await,
-            BlobStore::S3(d) => d.stored_uploads().await,
-        }
-    }
+    /// Uploads that have data in storage.
+    async fn stored_uploads(&self) -> StorageResult<Vec<StoredUpload>>;
 
-    /// Removes whatever storage holds for an upload the database does not know.
-    pub async fn purge_upload(&self, id: &str) -> StorageResult<()> {
-        match self {
-            BlobStore::Filesystem(d) => d.upload_abort(id, "").await,
-            BlobStore::S3(d) => d.purge_upload(id).await,
-        }
-    }
+    /// Removes whatever storage holds for an upload the database does not know (no state).
+    async fn purge_upload(&self, id: &UploadId) -> StorageResult<()>;
 
-    /// Streams `len` bytes of the blob from `start`.
-    pub async fn blob_read(
-        &self,
-        digest: &Digest,
-        start: u64,
-        len: u64,
-    ) -> StorageResult<ByteStream> {
-        match self {
-            BlobStore::Filesystem(d) => d.blob_read(digest, start, len).await,
-            BlobStore::S3(d) => d.blob_read(digest, start, len).await,
-        }
-    }
+    /// Streams `len` bytes of the blob from `start`. A missing object is `NotFound`.
+    async fn blob_read(&self, digest: &Digest, start: u64, len: u64) -> StorageResult<ByteStream>;
 
     /// Size of the stored object, if any (fsck and tests; the API trusts the database).
-    pub async fn blob_stat(&self, digest: &Digest) -> StorageResult<Option<u64>> {
-        match self {
-            BlobStore::Filesystem(d) => d.blob_stat(digest).await,
-            BlobStore::S3(d) => d.blob_stat(digest).await,
-        }
-    }
+    async fn blob_stat(&self, digest: &Digest) -> StorageResult<Option<u64>>;
 
     /// Every blob object in storage (fsck only; nothing on a request path lists storage).
-    pub async fn list_blobs(&self) -> StorageResult<Vec<StoredObject>> {
-        match self {
-            BlobStore::Filesystem(d) => d.list_blobs().await,
-            BlobStore::S3(d) => d.list_blobs().await,
-        }
-    }
+    async fn list_blobs(&self) -> StorageResult<Vec<StoredObject>>;
 
     /// Deletes the object. A missing object is not an error.
-    pub async fn blob_delete(&self, digest: &Digest) -> StorageResult<()> {
-        match self {
-            BlobStore::Filesystem(d) => d.blob_delete(digest).await,
-            BlobStore::S3(d) => d.blob_delete(digest).await,
-        }
-    }
+    async fn blob_delete(&self, digest: &Digest) -> StorageResult<()>;
 
     /// A URL the client may fetch the blob from directly, when the driver offers one.
-    pub async fn redirect_url(&self, digest: &Digest) -> StorageResult<Option<String>> {
-        match self {
-            BlobStore::Filesystem(_) => Ok(None),
-            BlobStore::S3(d) => d.redirect_url(digest).await,
-        }
+    async fn redirect_url(&self, _digest: &Digest) -> StorageResult<Option<String>> {
+        Ok(None)
     }
+}
+
+/// One request's hold on an upload (see [`BlobStore::open_upload`]).
+#[async_trait(?Send)]
+pub trait UploadWriter: Send {
+    /// Appends `body` to the upload, which holds `offset` bytes as `state` describes. Returns
+    /// once the bytes are durable. On error nothing is recorded as written: the next append
+    /// starts again at `offset`.
+    async fn append(
+        &mut self,
+        state: &str,
+        offset: u64,
+        body: &mut BodyStream<'_>,
+    ) -> StorageResult<Appended>;
+
+    /// Makes the upload's first `size` bytes the object for `digest`, durably.
+    async fn commit(&mut self, state: &str, size: u64, digest: &Digest) -> StorageResult<()>;
+}
+
+/// Opens the driver `config` names: S3 when `storage.s3` is set, else the filesystem.
+pub async fn open(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
+    if let Some(s3) = &config.storage.s3 {
+        let driver = S3Driver::new(s3, config.storage.redirect.expiry).await?;
+        driver.check().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach S3 bucket {:?} at {}: {e}. Check storage.s3.bucket, regionendpoint, credentials \
+                 (and forcepathstyle: {})",
+                s3.bucket,
+                s3.regionendpoint.as_deref().unwrap_or("AWS"),
+                s3.path_style()
+            )
+        })?;
+        return Ok(Arc::new(driver));
+    }
+    let fs = config.storage.filesystem.clone().unwrap_or_default();
+    let driver = FsDriver::new(&fs.rootdirectory).with_context(|| {
+        format!(
+            "cannot use storage.filesystem.rootdirectory {}: create it or point the setting at a writable directory",
+            fs.rootdirectory.display()
+        )
+    })?;
+    Ok(Arc::new(driver))
 }

@@ -23,6 +23,7 @@ use std::io;
 use std::time::Duration;
 
 use anyhow::Context;
+use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{Credentials, Region};
@@ -33,12 +34,15 @@ use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
 };
 use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::{Appended, ByteStream, StorageError, StorageResult, StoredObject};
+use super::{
+    Appended, BlobStore, BodyStream, ByteStream, StorageError, StorageResult, StoredObject,
+    StoredUpload, UploadWriter,
+};
 use crate::config::S3Config;
-use crate::oci::Digest;
+use crate::oci::{Digest, UploadId};
 
 const MIN_PART: u64 = 5 * 1024 * 1024;
 const MAX_PART: u64 = 5 * 1024 * 1024 * 1024;
@@ -105,19 +109,29 @@ impl UploadState {
     }
 }
 
-fn s3_err<E, R>(what: &str, e: SdkError<E, R>) -> StorageError
+fn s3_err<E>(what: &str, e: SdkError<E, HttpResponse>) -> StorageError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
 {
     let code = e.code().map(str::to_owned);
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let transient = matches!(e, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_));
     let message = e.message().map(str::to_owned);
-    let detail = match (code, message) {
+    let detail = match (&code, message) {
         (Some(c), Some(m)) => format!("{c}: {m}"),
-        (Some(c), None) => c,
+        (Some(c), None) => c.clone(),
         _ => format!("{}", aws_sdk_s3::error::DisplayErrorContext(&e)),
     };
-    StorageError::Other(anyhow::anyhow!("S3 {what}: {detail}"))
+    let detail = format!("S3 {what}: {detail}");
+    match (code.as_deref(), status) {
+        (Some("QuotaExceeded" | "XMinioStorageFull"), _) | (_, Some(507)) => {
+            StorageError::Full(detail)
+        }
+        (Some("SlowDown" | "ServiceUnavailable" | "RequestTimeout" | "Throttling"), _)
+        | (_, Some(503)) => StorageError::Unavailable(detail),
+        _ if transient => StorageError::Unavailable(detail),
+        _ => StorageError::Other(anyhow::anyhow!(detail)),
+    }
 }
 
 fn is_not_found<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
@@ -221,10 +235,6 @@ impl S3Driver {
         })
     }
 
-    pub fn describe(&self) -> String {
-        format!("s3 bucket {} under {:?}", self.bucket, self.root)
-    }
-
     fn blob_key(&self, digest: &Digest) -> String {
         let hex = digest.hex();
         format!(
@@ -244,16 +254,6 @@ impl S3Driver {
 
     fn part_size(&self, n: i32) -> u64 {
         part_size(self.chunk_size, n)
-    }
-
-    pub(super) async fn check(&self) -> StorageResult<()> {
-        self.client
-            .head_bucket()
-            .bucket(&self.bucket)
-            .send()
-            .await
-            .map_err(|e| s3_err("HeadBucket", e))?;
-        Ok(())
     }
 
     async fn get_bytes(&self, key: &str) -> StorageResult<Bytes> {
@@ -364,16 +364,13 @@ impl S3Driver {
         Ok(())
     }
 
-    pub(super) async fn upload_append<S>(
+    async fn upload_append(
         &self,
         id: &str,
         state: &str,
         offset: u64,
-        mut body: S,
-    ) -> StorageResult<Appended>
-    where
-        S: Stream<Item = io::Result<Bytes>> + Unpin,
-    {
+        body: &mut BodyStream<'_>,
+    ) -> StorageResult<Appended> {
         let mut st = UploadState::parse(state)?;
         if st.size() != offset {
             return Err(StorageError::UploadDataLost {
@@ -431,7 +428,7 @@ impl S3Driver {
         })
     }
 
-    pub(super) async fn upload_commit(
+    async fn upload_commit(
         &self,
         id: &str,
         state: &str,
@@ -605,15 +602,32 @@ impl S3Driver {
         }
         Ok(())
     }
+}
 
-    pub(super) async fn upload_abort(&self, id: &str, state: &str) -> StorageResult<()> {
+#[async_trait]
+impl BlobStore for S3Driver {
+    fn describe(&self) -> String {
+        format!("s3 bucket {} under {:?}", self.bucket, self.root)
+    }
+
+    async fn check(&self) -> StorageResult<()> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| s3_err("HeadBucket", e))?;
+        Ok(())
+    }
+
+    async fn upload_abort(&self, id: &UploadId, state: &str) -> StorageResult<()> {
         let st = UploadState::parse(state).unwrap_or_default();
         if let Some(upload_id) = &st.multipart {
             match self
                 .client
                 .abort_multipart_upload()
                 .bucket(&self.bucket)
-                .key(self.upload_key(id))
+                .key(self.upload_key(id.as_str()))
                 .upload_id(upload_id)
                 .send()
                 .await
@@ -623,11 +637,11 @@ impl S3Driver {
                 Err(e) => return Err(s3_err("AbortMultipartUpload", e)),
             }
         }
-        self.delete_prefix(&self.upload_prefix(id)).await
+        self.delete_prefix(&self.upload_prefix(id.as_str())).await
     }
 
     /// Upload ids with objects or multipart uploads in storage, and their age in seconds.
-    pub(super) async fn stored_uploads(&self) -> StorageResult<Vec<(String, u64)>> {
+    async fn stored_uploads(&self) -> StorageResult<Vec<StoredUpload>> {
         let prefix = format!("{}wharf/uploads/", self.root);
         let now = std::time::SystemTime::now();
         let age_of = |t: Option<&aws_sdk_s3::primitives::DateTime>| {
@@ -678,17 +692,26 @@ impl S3Driver {
                 break;
             }
         }
-        Ok(found.into_iter().collect())
+        // Only prefixes named like an upload id are ours.
+        Ok(found
+            .into_iter()
+            .filter_map(|(id, age_secs)| {
+                Some(StoredUpload {
+                    id: id.parse().ok()?,
+                    age_secs,
+                })
+            })
+            .collect())
     }
 
     /// Aborts every multipart upload under an upload's prefix and deletes its objects (for
     /// uploads the database no longer knows).
-    pub(super) async fn purge_upload(&self, id: &str) -> StorageResult<()> {
+    async fn purge_upload(&self, id: &UploadId) -> StorageResult<()> {
         let out = self
             .client
             .list_multipart_uploads()
             .bucket(&self.bucket)
-            .prefix(self.upload_prefix(id))
+            .prefix(self.upload_prefix(id.as_str()))
             .send()
             .await
             .map_err(|e| s3_err("ListMultipartUploads", e))?;
@@ -704,15 +727,10 @@ impl S3Driver {
                     .await;
             }
         }
-        self.delete_prefix(&self.upload_prefix(id)).await
+        self.delete_prefix(&self.upload_prefix(id.as_str())).await
     }
 
-    pub(super) async fn blob_read(
-        &self,
-        digest: &Digest,
-        start: u64,
-        len: u64,
-    ) -> StorageResult<ByteStream> {
+    async fn blob_read(&self, digest: &Digest, start: u64, len: u64) -> StorageResult<ByteStream> {
         if len == 0 {
             return Ok(Box::pin(futures_util::stream::empty()));
         }
@@ -741,7 +759,7 @@ impl S3Driver {
         Ok(Box::pin(stream))
     }
 
-    pub(super) async fn blob_stat(&self, digest: &Digest) -> StorageResult<Option<u64>> {
+    async fn blob_stat(&self, digest: &Digest) -> StorageResult<Option<u64>> {
         match self
             .client
             .head_object()
@@ -756,7 +774,7 @@ impl S3Driver {
         }
     }
 
-    pub(super) async fn blob_delete(&self, digest: &Digest) -> StorageResult<()> {
+    async fn blob_delete(&self, digest: &Digest) -> StorageResult<()> {
         match self
             .client
             .delete_object()
@@ -771,7 +789,7 @@ impl S3Driver {
         }
     }
 
-    pub(super) async fn list_blobs(&self) -> StorageResult<Vec<StoredObject>> {
+    async fn list_blobs(&self) -> StorageResult<Vec<StoredObject>> {
         let prefix = format!("{}docker/registry/v2/blobs/sha256/", self.root);
         let now = std::time::SystemTime::now();
         let mut blobs = Vec::new();
@@ -801,7 +819,7 @@ impl S3Driver {
         Ok(blobs)
     }
 
-    pub(super) async fn redirect_url(&self, digest: &Digest) -> StorageResult<Option<String>> {
+    async fn redirect_url(&self, digest: &Digest) -> StorageResult<Option<String>> {
         let presign = PresigningConfig::expires_in(self.redirect_expiry)
             .context("storage.redirect.expiry")
             .map_err(StorageError::Other)?;
@@ -814,6 +832,40 @@ impl S3Driver {
             .await
             .map_err(|e| s3_err("presign GetObject", e))?;
         Ok(Some(req.uri().to_owned()))
+    }
+
+    async fn open_upload<'a>(&'a self, id: &UploadId) -> StorageResult<Box<dyn UploadWriter + 'a>> {
+        // No lock: concurrent writers cannot corrupt an upload (see the module comment).
+        Ok(Box::new(S3Upload {
+            driver: self,
+            id: id.clone(),
+        }))
+    }
+}
+
+/// An upload opened by one request.
+struct S3Upload<'a> {
+    driver: &'a S3Driver,
+    id: UploadId,
+}
+
+#[async_trait(?Send)]
+impl UploadWriter for S3Upload<'_> {
+    async fn append(
+        &mut self,
+        state: &str,
+        offset: u64,
+        body: &mut BodyStream<'_>,
+    ) -> StorageResult<Appended> {
+        self.driver
+            .upload_append(self.id.as_str(), state, offset, body)
+            .await
+    }
+
+    async fn commit(&mut self, state: &str, size: u64, digest: &Digest) -> StorageResult<()> {
+        self.driver
+            .upload_commit(self.id.as_str(), state, size, digest)
+            .await
     }
 }
 

@@ -151,6 +151,9 @@ pub struct TestServer {
     pub url: String,
     pub root: PathBuf,
     pub registry: Arc<Registry>,
+    /// Handles of our own onto the server's database and storage, to look behind the API.
+    pub meta: wharf::meta::MetaStore,
+    pub storage: Arc<dyn wharf::storage::BlobStore>,
     pub client: Client,
     handle: actix_web::dev::ServerHandle,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -367,6 +370,7 @@ impl TestServer {
         // The collector runs only where a test asks for it (it would race the assertions of
         // the others); `wharf serve` runs it by default.
         let gc_enabled = config.gc.interval < Duration::from_secs(1);
+        let own = config.clone();
         let thread = std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
                 let registry =
@@ -383,11 +387,19 @@ impl TestServer {
         });
         let (handle, registry, port) = rx.await.expect("server failed to start");
         let url = format!("http://127.0.0.1:{port}");
+        let meta = wharf::meta::MetaStore::open(&own.database.url, 4)
+            .await
+            .expect("open the server's database");
+        let storage = wharf::storage::open(&own)
+            .await
+            .expect("open the server's storage");
         TestServer {
             client: Client::new(&url),
             url,
             root,
             registry,
+            meta,
+            storage,
             handle,
             thread: Some(thread),
         }
@@ -404,20 +416,19 @@ impl TestServer {
     /// Whether storage holds the blob's object (asked of the storage driver, not the database).
     pub async fn blob_exists(&self, digest: &str) -> bool {
         let d: wharf::oci::Digest = digest.parse().unwrap();
-        self.registry.storage.blob_stat(&d).await.unwrap().is_some()
+        self.storage.blob_stat(&d).await.unwrap().is_some()
     }
 
     pub async fn blob_object(&self, digest: &str) -> Vec<u8> {
         use futures_util::StreamExt;
         let d: wharf::oci::Digest = digest.parse().unwrap();
         let size = self
-            .registry
             .storage
             .blob_stat(&d)
             .await
             .unwrap()
             .expect("object exists");
-        let mut stream = self.registry.storage.blob_read(&d, 0, size).await.unwrap();
+        let mut stream = self.storage.blob_read(&d, 0, size).await.unwrap();
         let mut out = Vec::new();
         while let Some(chunk) = stream.next().await {
             out.extend_from_slice(&chunk.unwrap());
@@ -427,7 +438,7 @@ impl TestServer {
 
     /// Uploads that still have data in storage.
     pub async fn stored_uploads(&self) -> usize {
-        self.registry.storage.stored_uploads().await.unwrap().len()
+        self.storage.stored_uploads().await.unwrap().len()
     }
 }
 

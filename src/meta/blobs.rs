@@ -1,0 +1,240 @@
+//! Blobs and their links into repositories (`blobs`, `repository_blobs`): which bytes are
+//! stored, and which repositories may serve them.
+
+use sqlx::Row;
+
+use super::sql::{digest_col, now_ms, u64_col};
+use super::{DeleteOutcome, MetaError, MetaResult, MetaStore, WriteTx};
+use crate::oci::{Digest, RepoName, UploadId};
+
+/// A blob row as fsck sees it.
+#[derive(Debug, Clone)]
+pub struct BlobRow {
+    pub digest: Digest,
+    pub size: u64,
+    /// `active`, or `deleting` (GC phase 1 done, phase 2 not yet).
+    pub status: String,
+}
+
+/// An open commit of an uploaded blob: the blob row is locked until `finish` or drop.
+pub struct BlobCommit {
+    tx: WriteTx,
+    needs_object: bool,
+}
+
+impl MetaStore {
+    /// Size of `digest` if this repository may serve it: the blob is stored (active) and is
+    /// linked to the repository (uploaded or mounted there) or referenced by one of its
+    /// manifests.
+    #[tracing::instrument(skip_all)]
+    pub async fn blob_in_repository(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> MetaResult<Option<u64>> {
+        let row = sqlx::query(
+            "SELECT b.size FROM blobs b, repositories r
+             WHERE r.name = $1 AND b.digest = $2 AND b.status = 'active'
+               AND (EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.repository_id = r.id AND rb.blob_digest = b.digest)
+                 OR EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.repository_id = r.id AND mb.blob_digest = b.digest))",
+        )
+        .bind(repo.as_str())
+        .bind(digest.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| u64_col(&r, "size")).transpose()
+    }
+
+    /// Size of `digest` if it is stored anywhere in the registry.
+    pub async fn blob_stored(&self, digest: &Digest) -> MetaResult<Option<u64>> {
+        let row = sqlx::query("SELECT size FROM blobs WHERE digest = $1 AND status = 'active'")
+            .bind(digest.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| u64_col(&r, "size")).transpose()
+    }
+
+    /// Every blob row (fsck).
+    pub async fn all_blobs(&self) -> MetaResult<Vec<BlobRow>> {
+        let rows = sqlx::query("SELECT digest, size, status FROM blobs ORDER BY digest")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(BlobRow {
+                    digest: digest_col(r, "digest")?,
+                    size: u64_col(r, "size")?,
+                    status: r.try_get("status")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether a row exists for the blob, whatever its status.
+    pub async fn blob_row_exists(&self, digest: &Digest) -> MetaResult<bool> {
+        let row = sqlx::query("SELECT 1 FROM blobs WHERE digest = $1")
+            .bind(digest.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Starts committing an uploaded blob. The blob row is created or locked; if
+    /// [`BlobCommit::needs_object`] the caller must put the object in place before
+    /// [`BlobCommit::finish`] (the row lock keeps GC from deleting it meanwhile).
+    #[tracing::instrument(skip_all)]
+    pub async fn begin_blob_commit(&self, digest: &Digest, size: u64) -> MetaResult<BlobCommit> {
+        let mut tx = self.begin_write().await?;
+        // A few rounds at most: a row can vanish between our insert and our lock only when GC
+        // finishes deleting it in between, and then the next insert succeeds.
+        for _ in 0..5 {
+            let inserted = sqlx::query(
+                "INSERT INTO blobs (digest, size, status, created_at) VALUES ($1, $2, 'active', $3)
+                 ON CONFLICT (digest) DO NOTHING",
+            )
+            .bind(digest.as_str())
+            .bind(size as i64)
+            .bind(now_ms())
+            .execute(tx.conn())
+            .await?
+            .rows_affected()
+                == 1;
+            if inserted {
+                return Ok(BlobCommit {
+                    tx,
+                    needs_object: true,
+                });
+            }
+            let sql = format!(
+                "SELECT status FROM blobs WHERE digest = $1{}",
+                tx.dialect.lock_update()
+            );
+            let Some(row) = sqlx::query(&sql)
+                .bind(digest.as_str())
+                .fetch_optional(tx.conn())
+                .await?
+            else {
+                continue;
+            };
+            let status: String = row.try_get(0)?;
+            if status == "active" {
+                return Ok(BlobCommit {
+                    tx,
+                    needs_object: false,
+                });
+            }
+            // GC has committed to deleting this object and may have removed it already; the
+            // upload writes it again, under this row lock, and revives the row.
+            sqlx::query("UPDATE blobs SET status = 'active', created_at = $2 WHERE digest = $1")
+                .bind(digest.as_str())
+                .bind(now_ms())
+                .execute(tx.conn())
+                .await?;
+            return Ok(BlobCommit {
+                tx,
+                needs_object: true,
+            });
+        }
+        Err(MetaError::Busy(format!(
+            "blob {digest} kept changing under the upload"
+        )))
+    }
+
+    /// Links a stored blob into `repo` (a cross-repository mount). Returns its size, or None if
+    /// the blob is not stored.
+    #[tracing::instrument(skip_all)]
+    pub async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> MetaResult<Option<u64>> {
+        let mut tx = self.begin_write().await?;
+        let sql = format!(
+            "SELECT size FROM blobs WHERE digest = $1 AND status = 'active'{}",
+            tx.dialect.lock_share()
+        );
+        let Some(row) = sqlx::query(&sql)
+            .bind(digest.as_str())
+            .fetch_optional(tx.conn())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let size = u64_col(&row, "size")?;
+        let repo_id = tx.ensure_repository(repo).await?;
+        tx.link(repo_id, digest).await?;
+        tx.review_blob(digest, now_ms()).await?;
+        tx.commit().await?;
+        Ok(Some(size))
+    }
+
+    /// Removes a blob's link from a repository, unless a manifest there still references it.
+    #[tracing::instrument(skip_all)]
+    pub async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> MetaResult<DeleteOutcome> {
+        let mut tx = self.begin_write().await?;
+        let Some(repo_id) = tx.repository_id(repo).await? else {
+            return Ok(DeleteOutcome::NotFound);
+        };
+        let user = sqlx::query(
+            "SELECT m.digest FROM manifest_blobs mb JOIN manifests m ON m.id = mb.manifest_id
+             WHERE mb.repository_id = $1 AND mb.blob_digest = $2 LIMIT 1",
+        )
+        .bind(repo_id)
+        .bind(digest.as_str())
+        .fetch_optional(tx.conn())
+        .await?;
+        if let Some(row) = user {
+            return Ok(DeleteOutcome::ReferencedBy(digest_col(&row, "digest")?));
+        }
+        let done = sqlx::query(
+            "DELETE FROM repository_blobs WHERE repository_id = $1 AND blob_digest = $2",
+        )
+        .bind(repo_id)
+        .bind(digest.as_str())
+        .execute(tx.conn())
+        .await?;
+        let deleted = done.rows_affected() == 1;
+        if deleted {
+            tx.review_blob(digest, 0).await?;
+        }
+        tx.commit().await?;
+        Ok(if deleted {
+            DeleteOutcome::Deleted
+        } else {
+            DeleteOutcome::NotFound
+        })
+    }
+}
+
+impl WriteTx {
+    async fn link(&mut self, repo_id: i64, digest: &Digest) -> MetaResult<()> {
+        sqlx::query(
+            "INSERT INTO repository_blobs (repository_id, blob_digest, created_at) VALUES ($1, $2, $3)
+             ON CONFLICT (repository_id, blob_digest) DO UPDATE SET created_at = excluded.created_at",
+        )
+        .bind(repo_id)
+        .bind(digest.as_str())
+        .bind(now_ms())
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+}
+
+impl BlobCommit {
+    /// True when no stored object backs the row yet: the caller must write it before `finish`.
+    pub fn needs_object(&self) -> bool {
+        self.needs_object
+    }
+
+    /// Links the blob into `repo`, closes the upload session and commits.
+    pub async fn finish(
+        mut self,
+        repo: &RepoName,
+        digest: &Digest,
+        upload: &UploadId,
+    ) -> MetaResult<()> {
+        let repo_id = self.tx.ensure_repository(repo).await?;
+        self.tx.link(repo_id, digest).await?;
+        // Unreferenced until a manifest uses it: GC looks again once the grace period is over.
+        self.tx.review_blob(digest, now_ms()).await?;
+        self.tx.delete_upload(upload).await?;
+        self.tx.commit().await
+    }
+}

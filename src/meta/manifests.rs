@@ -1,0 +1,305 @@
+//! Manifests and their edges (`manifests`, `manifest_blobs`, `manifest_children`), and
+//! referrers (manifests with a subject).
+
+use std::collections::HashSet;
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::sql::{FromRow, bind_all, bind_digests, digest_col, from_rows, now_ms, placeholders};
+use super::{DeleteOutcome, MetaResult, MetaStore, WriteTx};
+use crate::oci::{Digest, RepoName, Tag};
+
+/// A manifest as served.
+#[derive(Debug, Clone)]
+pub struct ManifestRecord {
+    pub digest: Digest,
+    pub media_type: String,
+    pub payload: Vec<u8>,
+}
+
+impl FromRow for ManifestRecord {
+    fn from_row(r: &AnyRow) -> MetaResult<Self> {
+        Ok(ManifestRecord {
+            digest: digest_col(r, "digest")?,
+            media_type: r.try_get("media_type")?,
+            payload: r.try_get("payload")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Referrer {
+    pub digest: Digest,
+    pub media_type: String,
+    pub artifact_type: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+impl FromRow for Referrer {
+    fn from_row(r: &AnyRow) -> MetaResult<Self> {
+        Ok(Referrer {
+            digest: digest_col(r, "digest")?,
+            media_type: r.try_get("media_type")?,
+            artifact_type: r.try_get("artifact_type")?,
+            payload: r.try_get("payload")?,
+        })
+    }
+}
+
+/// Everything recorded for a manifest PUT.
+pub struct NewManifest<'a> {
+    pub repository: &'a RepoName,
+    pub digest: &'a Digest,
+    pub media_type: &'a str,
+    pub artifact_type: Option<&'a str>,
+    pub config: Option<&'a Digest>,
+    pub subject: Option<&'a Digest>,
+    pub payload: &'a [u8],
+    pub blobs: &'a [Digest],
+    pub children: &'a [Digest],
+    pub tag: Option<&'a Tag>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum PutManifestOutcome {
+    Stored,
+    MissingBlob(Digest),
+    MissingChild(Digest),
+}
+
+/// Rows per multi-row INSERT: far below both databases' bound-parameter limits.
+const EDGE_BATCH: usize = 500;
+
+impl MetaStore {
+    #[tracing::instrument(skip_all)]
+    pub async fn manifest_by_digest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> MetaResult<Option<ManifestRecord>> {
+        let row = sqlx::query(
+            "SELECT m.digest, m.media_type, m.payload FROM manifests m JOIN repositories r ON r.id = m.repository_id
+             WHERE r.name = $1 AND m.digest = $2",
+        )
+        .bind(repo.as_str())
+        .bind(digest.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(ManifestRecord::from_row).transpose()
+    }
+
+    #[tracing::instrument(skip_all)]
+    pub async fn manifest_by_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> MetaResult<Option<ManifestRecord>> {
+        let row = sqlx::query(
+            "SELECT m.digest, m.media_type, m.payload
+             FROM repositories r JOIN tags t ON t.repository_id = r.id JOIN manifests m ON m.id = t.manifest_id
+             WHERE r.name = $1 AND t.name = $2",
+        )
+        .bind(repo.as_str())
+        .bind(tag.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(ManifestRecord::from_row).transpose()
+    }
+
+    #[tracing::instrument(skip_all)]
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> MetaResult<Vec<Referrer>> {
+        let rows = sqlx::query(
+            "SELECT m.digest, m.media_type, m.artifact_type, m.payload
+             FROM manifests m JOIN repositories r ON r.id = m.repository_id
+             WHERE r.name = $1 AND m.subject_digest = $2 AND ($3 = '' OR m.artifact_type = $3)
+             ORDER BY m.digest",
+        )
+        .bind(repo.as_str())
+        .bind(subject.as_str())
+        .bind(artifact_type.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        from_rows(&rows)
+    }
+
+    /// Records a manifest, its edges and its tag in one transaction. Every referenced blob
+    /// must be stored and servable in the repository, and every child must be a manifest of
+    /// the repository; they stay locked until commit so that GC cannot remove them meanwhile.
+    #[tracing::instrument(skip_all)]
+    pub async fn put_manifest(&self, m: &NewManifest<'_>) -> MetaResult<PutManifestOutcome> {
+        let mut tx = self.begin_write().await?;
+        let repo_id = tx.ensure_repository(m.repository).await?;
+        let now = now_ms();
+
+        let mut referenced_size: i64 = 0;
+        if !m.blobs.is_empty() {
+            let sql = format!(
+                "SELECT b.digest, b.size FROM blobs b
+                 WHERE b.digest IN ({}) AND b.status = 'active'
+                   AND (EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.repository_id = $1 AND rb.blob_digest = b.digest)
+                     OR EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.repository_id = $1 AND mb.blob_digest = b.digest)){}",
+                placeholders(2, m.blobs.len()),
+                tx.dialect.lock_share()
+            );
+            let rows = bind_digests(sqlx::query(&sql).bind(repo_id), m.blobs)
+                .fetch_all(tx.conn())
+                .await?;
+            let found: HashSet<String> = rows
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<Result<_, _>>()?;
+            if let Some(missing) = m.blobs.iter().find(|d| !found.contains(d.as_str())) {
+                return Ok(PutManifestOutcome::MissingBlob(missing.clone()));
+            }
+            for r in &rows {
+                referenced_size += r.try_get::<i64, _>(1)?;
+            }
+        }
+
+        let mut child_ids = Vec::with_capacity(m.children.len());
+        if !m.children.is_empty() {
+            let sql = format!(
+                "SELECT id, digest, total_size FROM manifests WHERE repository_id = $1 AND digest IN ({}){}",
+                placeholders(2, m.children.len()),
+                tx.dialect.lock_share()
+            );
+            let rows = bind_digests(sqlx::query(&sql).bind(repo_id), m.children)
+                .fetch_all(tx.conn())
+                .await?;
+            let found: HashSet<String> = rows
+                .iter()
+                .map(|r| r.try_get::<String, _>(1))
+                .collect::<Result<_, _>>()?;
+            if let Some(missing) = m.children.iter().find(|d| !found.contains(d.as_str())) {
+                return Ok(PutManifestOutcome::MissingChild(missing.clone()));
+            }
+            for r in &rows {
+                child_ids.push(r.try_get::<i64, _>(0)?);
+                referenced_size += r.try_get::<i64, _>(2)?;
+            }
+        }
+
+        // A re-push of a stored manifest refreshes its age (GC's grace period counts from the
+        // latest push) and, on PostgreSQL, locks its row: if GC is deleting it, this waits and
+        // then inserts it afresh. Edges are idempotent, so both paths write them.
+        let manifest_id: i64 = sqlx::query(
+            "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, config_digest, subject_digest,
+                                    payload, total_size, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (repository_id, digest) DO UPDATE SET created_at = excluded.created_at
+             RETURNING id",
+        )
+        .bind(repo_id)
+        .bind(m.digest.as_str())
+        .bind(m.media_type)
+        .bind(m.artifact_type)
+        .bind(m.config.map(Digest::as_str))
+        .bind(m.subject.map(Digest::as_str))
+        .bind(m.payload)
+        .bind(m.payload.len() as i64 + referenced_size)
+        .bind(now)
+        .fetch_one(tx.conn())
+        .await?
+        .try_get(0)?;
+        tx.insert_edges(manifest_id, repo_id, m.blobs, &child_ids)
+            .await?;
+        // Untagged (or untagged later) it becomes garbage once the grace period is over.
+        tx.review_manifest(manifest_id, now).await?;
+        if let Some(tag) = m.tag {
+            tx.set_tag(repo_id, tag, manifest_id, now).await?;
+        }
+        tx.commit().await?;
+        Ok(PutManifestOutcome::Stored)
+    }
+
+    /// Deletes a manifest (and the tags pointing at it) unless an index in the repository
+    /// still lists it.
+    #[tracing::instrument(skip_all)]
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> MetaResult<DeleteOutcome> {
+        let mut tx = self.begin_write().await?;
+        let sql = format!(
+            "SELECT m.id FROM manifests m JOIN repositories r ON r.id = m.repository_id
+             WHERE r.name = $1 AND m.digest = $2{}",
+            tx.dialect.lock_update()
+        );
+        let Some(row) = sqlx::query(&sql)
+            .bind(repo.as_str())
+            .bind(digest.as_str())
+            .fetch_optional(tx.conn())
+            .await?
+        else {
+            return Ok(DeleteOutcome::NotFound);
+        };
+        let id: i64 = row.try_get(0)?;
+        let parent = sqlx::query(
+            "SELECT p.digest FROM manifest_children c JOIN manifests p ON p.id = c.parent_id WHERE c.child_id = $1 LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(tx.conn())
+        .await?;
+        if let Some(p) = parent {
+            return Ok(DeleteOutcome::ReferencedBy(digest_col(&p, "digest")?));
+        }
+        tx.review_dependents(id).await?;
+        tx.delete_manifest_row(id).await?;
+        tx.commit().await?;
+        Ok(DeleteOutcome::Deleted)
+    }
+}
+
+impl WriteTx {
+    /// Deletes a manifest row; its tags and edges go with it (ON DELETE CASCADE).
+    pub(super) async fn delete_manifest_row(&mut self, id: i64) -> MetaResult<()> {
+        sqlx::query("DELETE FROM manifests WHERE id = $1")
+            .bind(id)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_edges(
+        &mut self,
+        manifest_id: i64,
+        repo_id: i64,
+        blobs: &[Digest],
+        child_ids: &[i64],
+    ) -> MetaResult<()> {
+        for chunk in blobs.chunks(EDGE_BATCH) {
+            let values = (0..chunk.len())
+                .map(|i| format!("($1, $2, ${})", i + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO manifest_blobs (manifest_id, repository_id, blob_digest) VALUES {values}
+                 ON CONFLICT (manifest_id, blob_digest) DO NOTHING"
+            );
+            bind_digests(sqlx::query(&sql).bind(manifest_id).bind(repo_id), chunk)
+                .execute(self.conn())
+                .await?;
+        }
+        for chunk in child_ids.chunks(EDGE_BATCH) {
+            let values = (0..chunk.len())
+                .map(|i| format!("($1, ${})", i + 2))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO manifest_children (parent_id, child_id) VALUES {values}
+                 ON CONFLICT (parent_id, child_id) DO NOTHING"
+            );
+            bind_all(sqlx::query(&sql).bind(manifest_id), chunk.iter().copied())
+                .execute(self.conn())
+                .await?;
+        }
+        Ok(())
+    }
+}
