@@ -83,6 +83,7 @@ pub(crate) fn query(req: &HttpRequest) -> Result<HashMap<String, String>> {
         .map_err(|e| Error::Unsupported(format!("malformed query string: {e}")))
 }
 
+#[tracing::instrument(skip_all, fields(method = %req.method(), path = %req.path()))]
 async fn dispatch(
     req: HttpRequest,
     body: web::Payload,

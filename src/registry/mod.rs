@@ -122,6 +122,7 @@ impl Registry {
     }
 
     /// Storage compared with the database (see `fsck::run`).
+    #[tracing::instrument(skip_all)]
     pub async fn fsck(
         &self,
         delete_orphans: bool,
@@ -132,6 +133,7 @@ impl Registry {
 
     // ---- blobs -------------------------------------------------------------------------
 
+    #[tracing::instrument(skip_all, fields(repository = %repo))]
     pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
         self.meta
             .blob_in_repository(repo, digest)
@@ -140,6 +142,7 @@ impl Registry {
     }
 
     /// The body for `len` bytes from `start` of a blob whose size the caller checked.
+    #[tracing::instrument(skip_all)]
     pub async fn blob_body(
         &self,
         digest: &Digest,
@@ -170,6 +173,7 @@ impl Registry {
         }
     }
 
+    #[tracing::instrument(skip_all, fields(repository = %repo))]
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         self.require_delete()?;
         match self.meta.unlink_blob(repo, digest).await? {
@@ -183,6 +187,7 @@ impl Registry {
 
     /// Cross-repository mount: links a stored blob into `repo` without moving bytes. With
     /// `from`, the blob must be servable there; without, any stored blob can be mounted.
+    #[tracing::instrument(skip_all, fields(repository = %repo))]
     pub async fn mount_blob(
         &self,
         repo: &RepoName,
@@ -201,6 +206,7 @@ impl Registry {
 
     // ---- manifests ---------------------------------------------------------------------
 
+    #[tracing::instrument(skip_all, fields(repository = %repo))]
     pub async fn put_manifest(
         &self,
         repo: &RepoName,
@@ -251,6 +257,7 @@ impl Registry {
         }
     }
 
+    #[tracing::instrument(skip_all, fields(repository = %repo))]
     pub async fn get_manifest(
         &self,
         repo: &RepoName,
@@ -264,6 +271,7 @@ impl Registry {
     }
 
     /// By tag: removes the tag only. By digest: removes the manifest and its tags.
+    #[tracing::instrument(skip_all, fields(repository = %repo))]
     pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
         self.require_delete()?;
         match reference {
@@ -296,6 +304,7 @@ impl Registry {
 
     // ---- listings ----------------------------------------------------------------------
 
+    #[tracing::instrument(skip_all, fields(repository = %repo))]
     pub async fn tags(
         &self,
         repo: &RepoName,
@@ -308,12 +317,14 @@ impl Registry {
             .ok_or_else(|| Error::NameUnknown(repo.to_string()))
     }
 
+    #[tracing::instrument(skip_all)]
     pub async fn catalog(&self, last: Option<&str>, limit: Option<u32>) -> Result<Vec<String>> {
         Ok(self.meta.catalog(last, limit).await?)
     }
 
     /// The referrers of `subject` as an OCI image index (empty, never 404, for an unknown
     /// subject).
+    #[tracing::instrument(skip_all, fields(repository = %repo))]
     pub async fn referrers(
         &self,
         repo: &RepoName,

@@ -37,6 +37,7 @@ impl ContentRange {
 }
 
 impl Registry {
+    #[tracing::instrument(skip_all, fields(repository = %repo))]
     pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadStatus> {
         let id = UploadId::generate();
         self.meta
@@ -52,6 +53,7 @@ impl Registry {
         }
     }
 
+    #[tracing::instrument(skip_all, fields(repository = %repo))]
     pub async fn upload_status(&self, repo: &RepoName, id: &UploadId) -> Result<UploadStatus> {
         let u = self.upload_record(repo, id).await?;
         Ok(UploadStatus {
@@ -152,6 +154,7 @@ impl Registry {
     }
 
     /// PATCH: appends a chunk (with `Content-Range`) or a stream (without).
+    #[tracing::instrument(skip_all, fields(repository = %repo))]
     pub async fn append_upload<S, E>(
         &self,
         repo: &RepoName,
@@ -174,6 +177,7 @@ impl Registry {
 
     /// PUT ?digest=: appends the final chunk (if any), checks the digest and commits the blob.
     /// Returns the blob's size.
+    #[tracing::instrument(skip_all, fields(repository = %repo))]
     pub async fn complete_upload<S, E>(
         &self,
         repo: &RepoName,
@@ -221,6 +225,7 @@ impl Registry {
     }
 
     /// POST ?digest=: a whole blob in one request.
+    #[tracing::instrument(skip_all, fields(repository = %repo))]
     pub async fn monolithic_upload<S, E>(
         &self,
         repo: &RepoName,
@@ -241,6 +246,7 @@ impl Registry {
         result
     }
 
+    #[tracing::instrument(skip_all, fields(repository = %repo))]
     pub async fn cancel_upload(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
         let record = self.upload_record(repo, id).await?;
         self.meta.delete_upload(id).await?;
@@ -251,6 +257,7 @@ impl Registry {
     /// Aborts uploads untouched for longer than `age`, and removes upload data in storage
     /// that no upload row knows (a request that died before saving its state leaves such data,
     /// e.g. an S3 multipart upload) once it is as old. Returns how many (would be) purged.
+    #[tracing::instrument(skip_all)]
     pub async fn purge_uploads(
         &self,
         age: std::time::Duration,

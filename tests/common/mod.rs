@@ -183,7 +183,7 @@ fn s3_endpoint() -> String {
 }
 
 impl TestBucket {
-    async fn create() -> Self {
+    pub async fn create() -> Self {
         let endpoint = s3_endpoint();
         let bucket = format!(
             "wharf-t-{}",
