@@ -228,6 +228,7 @@ async fn resume_from_state_on_another_instance(kind: Driver) {
         .unwrap();
     let d = Digest::of(&content);
     commit(second.as_ref(), &id, &at, &d).await;
+    assert_eq!(second.blob_stat(&d).await.unwrap(), Some(content.len() as u64));
     assert!(read(second.as_ref(), &d, 0, content.len() as u64).await == content);
     // The committed upload left nothing behind.
     assert!(second.stored_uploads().await.unwrap().is_empty());
@@ -245,7 +246,8 @@ async fn failed_body_leaves_upload_resumable(kind: Driver) {
 
     let mut w = s.open_upload(&id).await.unwrap();
     let broken: Vec<io::Result<Bytes>> = vec![
-        Ok(Bytes::copy_from_slice(&data(99, 6 << 20))),
+        // Longer than the rest of the blob: a leftover tail would show.
+        Ok(Bytes::copy_from_slice(&data(99, 8 << 20))),
         Err(io::Error::other("client went away")),
     ];
     let mut body = futures_util::stream::iter(broken);
@@ -260,6 +262,11 @@ async fn failed_body_leaves_upload_resumable(kind: Driver) {
     append(s, &id, &mut at, &content[1 << 20..]).await.unwrap();
     let d = Digest::of(&content);
     commit(s, &id, &at, &d).await;
+    assert_eq!(
+        s.blob_stat(&d).await.unwrap(),
+        Some(content.len() as u64),
+        "the failed body's bytes ended up in the blob"
+    );
     assert!(read(s, &d, 0, content.len() as u64).await == content);
 }
 
