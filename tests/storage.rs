@@ -228,7 +228,10 @@ async fn resume_from_state_on_another_instance(kind: Driver) {
         .unwrap();
     let d = Digest::of(&content);
     commit(second.as_ref(), &id, &at, &d).await;
-    assert_eq!(second.blob_stat(&d).await.unwrap(), Some(content.len() as u64));
+    assert_eq!(
+        second.blob_stat(&d).await.unwrap(),
+        Some(content.len() as u64)
+    );
     assert!(read(second.as_ref(), &d, 0, content.len() as u64).await == content);
     // The committed upload left nothing behind.
     assert!(second.stored_uploads().await.unwrap().is_empty());

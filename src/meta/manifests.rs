@@ -137,53 +137,29 @@ impl MetaStore {
         let repo_id = tx.ensure_repository(m.repository).await?;
         let now = now_ms();
 
+        // Blobs servable in the repository, and child manifests of the repository.
+        const BLOBS: &str = "SELECT b.digest, b.size FROM blobs b
+             WHERE b.digest IN ({in}) AND b.status = 'active'
+               AND (EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.repository_id = $1 AND rb.blob_digest = b.digest)
+                 OR EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.repository_id = $1 AND mb.blob_digest = b.digest))";
+        const CHILDREN: &str = "SELECT id, digest, total_size AS size FROM manifests
+             WHERE repository_id = $1 AND digest IN ({in})";
+        let blobs = match tx.lock_referenced(BLOBS, repo_id, m.blobs).await? {
+            Ok(rows) => rows,
+            Err(missing) => return Ok(PutManifestOutcome::MissingBlob(missing)),
+        };
+        let children = match tx.lock_referenced(CHILDREN, repo_id, m.children).await? {
+            Ok(rows) => rows,
+            Err(missing) => return Ok(PutManifestOutcome::MissingChild(missing)),
+        };
         let mut referenced_size: i64 = 0;
-        if !m.blobs.is_empty() {
-            let sql = format!(
-                "SELECT b.digest, b.size FROM blobs b
-                 WHERE b.digest IN ({}) AND b.status = 'active'
-                   AND (EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.repository_id = $1 AND rb.blob_digest = b.digest)
-                     OR EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.repository_id = $1 AND mb.blob_digest = b.digest)){}",
-                placeholders(2, m.blobs.len()),
-                tx.dialect.lock_share()
-            );
-            let rows = bind_digests(sqlx::query(&sql).bind(repo_id), m.blobs)
-                .fetch_all(tx.conn())
-                .await?;
-            let found: HashSet<String> = rows
-                .iter()
-                .map(|r| r.try_get::<String, _>(0))
-                .collect::<Result<_, _>>()?;
-            if let Some(missing) = m.blobs.iter().find(|d| !found.contains(d.as_str())) {
-                return Ok(PutManifestOutcome::MissingBlob(missing.clone()));
-            }
-            for r in &rows {
-                referenced_size += r.try_get::<i64, _>(1)?;
-            }
+        for r in blobs.iter().chain(&children) {
+            referenced_size += r.try_get::<i64, _>("size")?;
         }
-
-        let mut child_ids = Vec::with_capacity(m.children.len());
-        if !m.children.is_empty() {
-            let sql = format!(
-                "SELECT id, digest, total_size FROM manifests WHERE repository_id = $1 AND digest IN ({}){}",
-                placeholders(2, m.children.len()),
-                tx.dialect.lock_share()
-            );
-            let rows = bind_digests(sqlx::query(&sql).bind(repo_id), m.children)
-                .fetch_all(tx.conn())
-                .await?;
-            let found: HashSet<String> = rows
-                .iter()
-                .map(|r| r.try_get::<String, _>(1))
-                .collect::<Result<_, _>>()?;
-            if let Some(missing) = m.children.iter().find(|d| !found.contains(d.as_str())) {
-                return Ok(PutManifestOutcome::MissingChild(missing.clone()));
-            }
-            for r in &rows {
-                child_ids.push(r.try_get::<i64, _>(0)?);
-                referenced_size += r.try_get::<i64, _>(2)?;
-            }
-        }
+        let child_ids = children
+            .iter()
+            .map(|r| r.try_get::<i64, _>("id"))
+            .collect::<Result<Vec<_>, _>>()?;
 
         // A re-push of a stored manifest refreshes its age (GC's grace period counts from the
         // latest push) and, on PostgreSQL, locks its row: if GC is deleting it, this waits and
@@ -258,6 +234,36 @@ impl MetaStore {
 }
 
 impl WriteTx {
+    /// Runs `select` (`$1` the repository, `{in}` where the digest list goes) over `digests`
+    /// with a share lock on every row found, so that GC cannot delete them before commit.
+    /// Returns the rows, or the first digest no row was found for.
+    async fn lock_referenced(
+        &mut self,
+        select: &str,
+        repo_id: i64,
+        digests: &[Digest],
+    ) -> MetaResult<Result<Vec<AnyRow>, Digest>> {
+        if digests.is_empty() {
+            return Ok(Ok(Vec::new()));
+        }
+        let sql = format!(
+            "{}{}",
+            select.replace("{in}", &placeholders(2, digests.len())),
+            self.dialect.lock_share()
+        );
+        let rows = bind_digests(sqlx::query(&sql).bind(repo_id), digests)
+            .fetch_all(self.conn())
+            .await?;
+        let found: HashSet<String> = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>("digest"))
+            .collect::<Result<_, _>>()?;
+        Ok(match digests.iter().find(|d| !found.contains(d.as_str())) {
+            Some(missing) => Err(missing.clone()),
+            None => Ok(rows),
+        })
+    }
+
     /// Deletes a manifest row; its tags and edges go with it (ON DELETE CASCADE).
     pub(super) async fn delete_manifest_row(&mut self, id: i64) -> MetaResult<()> {
         sqlx::query("DELETE FROM manifests WHERE id = $1")
