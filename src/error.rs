@@ -153,7 +153,9 @@ impl ResponseError for Error {
 impl From<MetaError> for Error {
     fn from(e: MetaError) -> Self {
         match e {
-            MetaError::Busy(msg) => Error::Unavailable(format!("database busy: {msg}")),
+            MetaError::Busy(msg) | MetaError::Race(msg) => {
+                Error::Unavailable(format!("database busy: {msg}"))
+            }
             MetaError::Full(msg) => Error::StorageFull(format!("database: {msg}")),
             e => Error::Internal(anyhow::Error::new(e).context("metadata")),
         }

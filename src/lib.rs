@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod failpoint;
 pub mod fsck;
 pub mod gc;
 pub mod meta;

@@ -204,11 +204,13 @@ async fn delete_marked_blobs(
             batch.finish().await?;
             return Ok(());
         }
-        let deletions = batch
+        // Boxed futures (the driver's), not closures returning async blocks: the run stays
+        // `Send` for any executor.
+        let deletions: Vec<_> = batch
             .blobs()
             .iter()
-            .map(|b| b.digest.clone())
-            .map(|d| async move { storage.blob_delete(&d).await });
+            .map(|b| storage.blob_delete(&b.digest))
+            .collect();
         let results: Vec<_> = futures_util::stream::iter(deletions)
             .buffer_unordered(DELETE_CONCURRENCY)
             .collect()

@@ -118,6 +118,13 @@ impl MetaStore {
             };
             let status: String = row.try_get(0)?;
             if status == "active" {
+                // A duplicate upload protects the blob for a full grace period, as the first
+                // did (the row is locked: GC's re-check waits for this commit and sees it).
+                sqlx::query("UPDATE blobs SET created_at = $2 WHERE digest = $1")
+                    .bind(digest.as_str())
+                    .bind(now_ms())
+                    .execute(tx.conn())
+                    .await?;
                 return Ok(BlobCommit {
                     tx,
                     needs_object: false,
@@ -144,15 +151,21 @@ impl MetaStore {
     /// the blob is not stored.
     #[tracing::instrument(skip_all)]
     pub async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> MetaResult<Option<u64>> {
+        retrying!("link_blob", self.link_blob_once(repo, digest))
+    }
+
+    async fn link_blob_once(&self, repo: &RepoName, digest: &Digest) -> MetaResult<Option<u64>> {
         let mut tx = self.begin_write().await?;
-        let sql = format!(
-            "SELECT size FROM blobs WHERE digest = $1 AND status = 'active'{}",
-            tx.dialect.lock_share()
-        );
-        let Some(row) = sqlx::query(&sql)
-            .bind(digest.as_str())
-            .fetch_optional(tx.conn())
-            .await?
+        // Refreshing the row's age both locks it (a GC mark waits for this commit, then its
+        // re-check sees a young blob) and protects the blob for a full grace period. If GC
+        // marked it first, the re-evaluated `status` no longer matches: nothing is mounted.
+        let Some(row) = sqlx::query(
+            "UPDATE blobs SET created_at = $2 WHERE digest = $1 AND status = 'active' RETURNING size",
+        )
+        .bind(digest.as_str())
+        .bind(now_ms())
+        .fetch_optional(tx.conn())
+        .await?
         else {
             return Ok(None);
         };
@@ -160,6 +173,7 @@ impl MetaStore {
         let repo_id = tx.ensure_repository(repo).await?;
         tx.link(repo_id, digest).await?;
         tx.review_blob(digest, now_ms()).await?;
+        crate::failpoint::hit("mount.linked", repo.as_str()).await;
         tx.commit().await?;
         Ok(Some(size))
     }
@@ -167,6 +181,14 @@ impl MetaStore {
     /// Removes a blob's link from a repository, unless a manifest there still references it.
     #[tracing::instrument(skip_all)]
     pub async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> MetaResult<DeleteOutcome> {
+        retrying!("unlink_blob", self.unlink_blob_once(repo, digest))
+    }
+
+    async fn unlink_blob_once(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> MetaResult<DeleteOutcome> {
         let mut tx = self.begin_write().await?;
         let Some(repo_id) = tx.repository_id(repo).await? else {
             return Ok(DeleteOutcome::NotFound);
@@ -235,6 +257,7 @@ impl BlobCommit {
         // Unreferenced until a manifest uses it: GC looks again once the grace period is over.
         self.tx.review_blob(digest, now_ms()).await?;
         self.tx.delete_upload(upload).await?;
+        crate::failpoint::hit("upload.linked", digest.as_str()).await;
         self.tx.commit().await
     }
 }

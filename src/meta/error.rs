@@ -9,6 +9,10 @@ pub enum MetaError {
     /// win on retry (deadlock, serialization failure).
     #[error("database busy: {0}")]
     Busy(String),
+    /// The transaction lost a race with another (deadlock, serialization failure): running it
+    /// again is expected to succeed, and the store does so a few times before giving up.
+    #[error("transaction lost a race: {0}")]
+    Race(String),
     /// A constraint refused a write (unique, foreign key, check).
     #[error("database constraint violated: {0}")]
     Conflict(String),
@@ -34,7 +38,7 @@ pub type MetaResult<T> = Result<T, MetaError>;
 impl MetaError {
     /// True when the same request may well succeed if tried again shortly.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, MetaError::Busy(_))
+        matches!(self, MetaError::Busy(_) | MetaError::Race(_))
     }
 }
 
@@ -43,8 +47,13 @@ impl MetaError {
 fn pg_retryable(code: &str) -> bool {
     matches!(
         code,
-        "40001" | "40P01" | "55P03" | "57014" | "53300" | "57P01" | "57P02" | "57P03"
+        "55P03" | "57014" | "53300" | "57P01" | "57P02" | "57P03"
     ) || code.starts_with("08")
+}
+
+/// PostgreSQL SQLSTATEs of a transaction that lost a race: serialization failure, deadlock.
+fn pg_race(code: &str) -> bool {
+    matches!(code, "40001" | "40P01")
 }
 
 /// SQLite result codes (the primary code is the low byte of the extended one).
@@ -61,6 +70,9 @@ impl From<sqlx::Error> for MetaError {
             sqlx::Error::Database(db) => {
                 let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
                 let sqlite = code.parse::<i64>().ok().map(|c| c & 0xff);
+                if pg_race(&code) {
+                    return MetaError::Race(e.to_string());
+                }
                 if pg_retryable(&code) || matches!(sqlite, Some(SQLITE_BUSY | SQLITE_LOCKED)) {
                     return MetaError::Busy(e.to_string());
                 }
@@ -92,8 +104,11 @@ mod tests {
 
     #[test]
     fn postgres_codes() {
-        for c in ["40001", "40P01", "55P03", "08006"] {
+        for c in ["55P03", "08006"] {
             assert!(pg_retryable(c), "{c}");
+        }
+        for c in ["40001", "40P01"] {
+            assert!(pg_race(c) && !pg_retryable(c), "{c}");
         }
         for c in ["23505", "22021", "42P01"] {
             assert!(!pg_retryable(c), "{c}");

@@ -83,9 +83,11 @@ const BLOB_IS_GARBAGE: &str = "b.status = 'active' AND b.created_at < $1
     AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob_digest = b.digest)";
 
 /// A link is garbage: old enough and no manifest of its repository references the blob.
-const LINK_IS_GARBAGE: &str = "rb.created_at < $1
+/// (Written against the table's own name rather than an alias: the DELETE below applies it
+/// to the row it deletes, so PostgreSQL re-evaluates the age of a row it had to wait for.)
+const LINK_IS_GARBAGE: &str = "repository_blobs.created_at < $1
     AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb
-                    WHERE mb.repository_id = rb.repository_id AND mb.blob_digest = rb.blob_digest)";
+                    WHERE mb.repository_id = repository_blobs.repository_id AND mb.blob_digest = repository_blobs.blob_digest)";
 
 /// Blob rows whose deletion was committed (phase 1) but not finished (phase 2).
 pub struct BlobDelete {
@@ -164,6 +166,14 @@ impl MetaStore {
         ids: &[i64],
         p: &GcPolicy,
     ) -> MetaResult<Vec<GcManifest>> {
+        retrying!("gc_delete_manifests", self.gc_delete_manifests_once(ids, p))
+    }
+
+    async fn gc_delete_manifests_once(
+        &self,
+        ids: &[i64],
+        p: &GcPolicy,
+    ) -> MetaResult<Vec<GcManifest>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -202,20 +212,7 @@ impl MetaStore {
 
     /// Removes links that nothing in their repository references. Returns how many.
     pub async fn gc_delete_links(&self, p: &GcPolicy) -> MetaResult<u64> {
-        let mut tx = self.begin_write().await?;
-        // Removing a link never endangers a blob: the blob itself is only deleted after its
-        // own locked re-check, and a repository whose manifest references the blob serves it
-        // through that edge, link or not.
-        let sql = format!(
-            "DELETE FROM repository_blobs WHERE (repository_id, blob_digest) IN (
-                 SELECT rb.repository_id, rb.blob_digest FROM repository_blobs rb WHERE {LINK_IS_GARBAGE})"
-        );
-        let done = sqlx::query(&sql)
-            .bind(p.cutoff_ms)
-            .execute(tx.conn())
-            .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected())
+        retrying!("gc_delete_links", self.delete_garbage_links(None, p))
     }
 
     /// Up to `limit` blobs that look like garbage now (unlocked).
@@ -235,6 +232,10 @@ impl MetaStore {
     /// `deleting`, and commits. From then on no request can use them: readers, mounts and
     /// manifest PUTs only see `active` blobs.
     pub async fn gc_mark_blobs(&self, digests: &[Digest], p: &GcPolicy) -> MetaResult<u64> {
+        retrying!("gc_mark_blobs", self.gc_mark_blobs_once(digests, p))
+    }
+
+    async fn gc_mark_blobs_once(&self, digests: &[Digest], p: &GcPolicy) -> MetaResult<u64> {
         if digests.is_empty() {
             return Ok(0);
         }
@@ -272,14 +273,35 @@ impl MetaStore {
         let locked = sqlx::query(&lock).bind(limit).fetch_all(tx.conn()).await?;
         let mut digests = Vec::new();
         if !locked.is_empty() {
-            let check = format!(
-                "SELECT digest, size FROM blobs WHERE status = 'deleting' AND digest IN ({})",
-                placeholders(1, locked.len())
-            );
             let locked = locked
                 .iter()
                 .map(|r| r.try_get::<String, _>(0))
                 .collect::<Result<Vec<_>, _>>()?;
+            // Defence in depth, under the locks and in a fresh statement: a marked blob that
+            // anything references was marked by a broken protocol. Its object is not deleted;
+            // the row goes back to `active` (if the object is already gone, fsck reports it and
+            // the next push of the blob restores it).
+            let revive = format!(
+                "UPDATE blobs SET status = 'active' WHERE status = 'deleting' AND digest IN ({})
+                   AND (EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob_digest = blobs.digest)
+                     OR EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.blob_digest = blobs.digest))
+                 RETURNING digest",
+                placeholders(1, locked.len())
+            );
+            let revived = bind_all(sqlx::query(&revive), locked.iter().map(String::as_str))
+                .fetch_all(tx.conn())
+                .await?;
+            for r in &revived {
+                tracing::error!(
+                    digest = %digest_col(r, "digest")?,
+                    "GC refused to delete a blob marked for deletion that is still referenced; \
+                     it stays stored (please report this: the GC protocol was violated)"
+                );
+            }
+            let check = format!(
+                "SELECT digest, size FROM blobs WHERE status = 'deleting' AND digest IN ({})",
+                placeholders(1, locked.len())
+            );
             let rows = bind_all(sqlx::query(&check), locked)
                 .fetch_all(tx.conn())
                 .await?;
@@ -307,6 +329,10 @@ impl MetaStore {
     /// it (a tag, a parent index, an existing subject, or the policy). Unreferenced manifests
     /// that are merely too young keep their entry until they are old enough.
     pub async fn gc_settle_manifests(&self, ids: &[i64], p: &GcPolicy) -> MetaResult<()> {
+        retrying!("gc_settle_manifests", self.gc_settle_manifests_once(ids, p))
+    }
+
+    async fn gc_settle_manifests_once(&self, ids: &[i64], p: &GcPolicy) -> MetaResult<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -339,14 +365,40 @@ impl MetaStore {
         if digests.is_empty() {
             return Ok(0);
         }
+        retrying!(
+            "gc_delete_links",
+            self.delete_garbage_links(Some(digests), p)
+        )
+    }
+
+    /// Rule L for links: lock the garbage links (of `only` these blobs, or all), then delete
+    /// in a new statement those still garbage. A mount or duplicate upload that refreshed a
+    /// link's age before our lock was granted has committed by then, and the new statement
+    /// sees it; a link that became garbage in between is locked by the DELETE itself, which
+    /// re-evaluates the link's own age after any wait. Removing a link never endangers a blob
+    /// by itself: the blob is only deleted after its own locked re-check, and a repository
+    /// whose manifest references the blob serves it through that edge, link or not.
+    async fn delete_garbage_links(&self, only: Option<&[Digest]>, p: &GcPolicy) -> MetaResult<u64> {
+        let within = match only {
+            Some(d) => format!(
+                " AND repository_blobs.blob_digest IN ({})",
+                placeholders(2, d.len())
+            ),
+            None => String::new(),
+        };
         let mut tx = self.begin_write().await?;
-        let sql = format!(
-            "DELETE FROM repository_blobs WHERE (repository_id, blob_digest) IN (
-                 SELECT rb.repository_id, rb.blob_digest FROM repository_blobs rb
-                 WHERE rb.blob_digest IN ({}) AND {LINK_IS_GARBAGE})",
-            placeholders(2, digests.len())
+        let lock = format!(
+            "SELECT repository_id, blob_digest FROM repository_blobs WHERE {LINK_IS_GARBAGE}{within}
+             ORDER BY blob_digest, repository_id{}",
+            tx.dialect.lock_update()
         );
-        let done = bind_digests(sqlx::query(&sql).bind(p.cutoff_ms), digests)
+        let no_digests: &[Digest] = &[];
+        let digests = only.unwrap_or(no_digests);
+        bind_digests(sqlx::query(&lock).bind(p.cutoff_ms), digests)
+            .fetch_all(tx.conn())
+            .await?;
+        let delete = format!("DELETE FROM repository_blobs WHERE {LINK_IS_GARBAGE}{within}");
+        let done = bind_digests(sqlx::query(&delete).bind(p.cutoff_ms), digests)
             .execute(tx.conn())
             .await?;
         tx.commit().await?;
@@ -356,6 +408,10 @@ impl MetaStore {
     /// Drops the reviews of `digests` that are settled: the blob is gone or being deleted, or a
     /// manifest references it. A blob still linked (young links) keeps its entry.
     pub async fn gc_settle_blobs(&self, digests: &[Digest]) -> MetaResult<()> {
+        retrying!("gc_settle_blobs", self.gc_settle_blobs_once(digests))
+    }
+
+    async fn gc_settle_blobs_once(&self, digests: &[Digest]) -> MetaResult<()> {
         if digests.is_empty() {
             return Ok(());
         }

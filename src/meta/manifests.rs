@@ -133,17 +133,24 @@ impl MetaStore {
     /// the repository; they stay locked until commit so that GC cannot remove them meanwhile.
     #[tracing::instrument(skip_all)]
     pub async fn put_manifest(&self, m: &NewManifest<'_>) -> MetaResult<PutManifestOutcome> {
+        retrying!("put_manifest", self.put_manifest_once(m))
+    }
+
+    async fn put_manifest_once(&self, m: &NewManifest<'_>) -> MetaResult<PutManifestOutcome> {
         let mut tx = self.begin_write().await?;
         let repo_id = tx.ensure_repository(m.repository).await?;
         let now = now_ms();
 
-        // Blobs servable in the repository, and child manifests of the repository.
+        // Blobs servable in the repository, and child manifests of the repository. Row locks
+        // are taken in one global order everywhere (blobs by digest, manifests by id, as GC
+        // takes them), so that these locks and GC's cannot form a deadlock.
         const BLOBS: &str = "SELECT b.digest, b.size FROM blobs b
              WHERE b.digest IN ({in}) AND b.status = 'active'
                AND (EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.repository_id = $1 AND rb.blob_digest = b.digest)
-                 OR EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.repository_id = $1 AND mb.blob_digest = b.digest))";
+                 OR EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.repository_id = $1 AND mb.blob_digest = b.digest))
+             ORDER BY b.digest";
         const CHILDREN: &str = "SELECT id, digest, total_size AS size FROM manifests
-             WHERE repository_id = $1 AND digest IN ({in})";
+             WHERE repository_id = $1 AND digest IN ({in}) ORDER BY id";
         let blobs = match tx.lock_referenced(BLOBS, repo_id, m.blobs).await? {
             Ok(rows) => rows,
             Err(missing) => return Ok(PutManifestOutcome::MissingBlob(missing)),
@@ -160,6 +167,7 @@ impl MetaStore {
             .iter()
             .map(|r| r.try_get::<i64, _>("id"))
             .collect::<Result<Vec<_>, _>>()?;
+        crate::failpoint::hit("manifest_put.locked", m.repository.as_str()).await;
 
         // A re-push of a stored manifest refreshes its age (GC's grace period counts from the
         // latest push) and, on PostgreSQL, locks its row: if GC is deleting it, this waits and
@@ -198,6 +206,14 @@ impl MetaStore {
     /// still lists it.
     #[tracing::instrument(skip_all)]
     pub async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> MetaResult<DeleteOutcome> {
+        retrying!("delete_manifest", self.delete_manifest_once(repo, digest))
+    }
+
+    async fn delete_manifest_once(
         &self,
         repo: &RepoName,
         digest: &Digest,

@@ -12,6 +12,38 @@
 //! [`WriteTx`], and [`MetaStore::begin_write`] is the only way to get one, so no write can
 //! forget SQLite's writer gate.
 
+/// How often a transaction that lost a race (deadlock, serialization failure) is run again
+/// before the client is told to retry (503).
+const RACE_RETRIES: u32 = 4;
+
+/// Evaluates the transaction expression again, after a short randomised backoff, when it lost
+/// a race. (A macro rather than a function over a closure: the futures stay `Send`.)
+macro_rules! retrying {
+    ($what:expr, $transaction:expr) => {{
+        let mut attempt = 0;
+        loop {
+            match $transaction.await {
+                Err($crate::meta::MetaError::Race(msg)) if attempt < $crate::meta::RACE_RETRIES => {
+                    attempt += 1;
+                    $crate::meta::race_backoff($what, attempt, &msg).await;
+                }
+                result => break result,
+            }
+        }
+    }};
+}
+
+async fn race_backoff(what: &'static str, attempt: u32, error: &str) {
+    let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0] % 10);
+    tracing::info!(
+        what,
+        attempt,
+        error,
+        "transaction lost a race; running it again"
+    );
+    tokio::time::sleep(Duration::from_millis((5 << attempt) + jitter)).await;
+}
+
 mod blobs;
 mod error;
 mod gc;
@@ -144,17 +176,18 @@ impl MetaStore {
         let options = AnyPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(Duration::from_secs(30));
-        let options = match dialect {
-            Dialect::Sqlite => options.after_connect(|conn, _| {
-                Box::pin(async move {
-                    for stmt in sqlite::CONNECTION_SETUP {
-                        sqlx::query(stmt).execute(&mut *conn).await?;
-                    }
-                    Ok(())
-                })
-            }),
-            Dialect::Postgres => options,
+        let setup = match dialect {
+            Dialect::Sqlite => sqlite::CONNECTION_SETUP,
+            Dialect::Postgres => postgres::CONNECTION_SETUP,
         };
+        let options = options.after_connect(move |conn, _| {
+            Box::pin(async move {
+                for stmt in setup {
+                    sqlx::query(stmt).execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        });
         let pool = options
             .connect(url)
             .await

@@ -1,6 +1,9 @@
 //! PostgreSQL: everything that differs from SQLite.
 //!
-//! Transactions run at READ COMMITTED. Checks that must stay true until commit take row locks:
+//! Transactions run at READ COMMITTED, set explicitly on every write transaction and every
+//! connection: an operator's `default_transaction_isolation` (many set `repeatable read`)
+//! must not change the locking argument of docs/gc.md, whose re-checks rely on each new
+//! statement seeing what committed before its locks were granted. Checks that must stay true until commit take row locks:
 //! `FOR SHARE` on the blob and child-manifest rows a manifest references (GC's `FOR UPDATE`
 //! on the same rows waits for them, and they wait for it), `FOR UPDATE` on a blob row whose
 //! object is being written or deleted.
@@ -11,7 +14,11 @@ mod embedded {
     refinery::embed_migrations!("migrations/postgres");
 }
 
-pub const BEGIN_WRITE: &str = "BEGIN";
+pub const BEGIN_WRITE: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+
+/// Statements run on every new connection.
+pub const CONNECTION_SETUP: &[&str] =
+    &["SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED"];
 pub const LOCK_SHARE: &str = " FOR SHARE";
 pub const LOCK_UPDATE: &str = " FOR UPDATE";
 

@@ -37,6 +37,10 @@ impl MetaStore {
     /// Removes a tag; its manifest is queued for GC review. False if there was no such tag.
     #[tracing::instrument(skip_all)]
     pub async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> MetaResult<bool> {
+        retrying!("delete_tag", self.delete_tag_once(repo, tag))
+    }
+
+    async fn delete_tag_once(&self, repo: &RepoName, tag: &Tag) -> MetaResult<bool> {
         let mut tx = self.begin_write().await?;
         let deleted = sqlx::query(
             "DELETE FROM tags WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)

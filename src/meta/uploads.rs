@@ -61,6 +61,19 @@ impl MetaStore {
         hash_state: &[u8],
         driver_state: &str,
     ) -> MetaResult<()> {
+        retrying!(
+            "create_upload",
+            self.create_upload_once(repo, id, hash_state, driver_state)
+        )
+    }
+
+    async fn create_upload_once(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        hash_state: &[u8],
+        driver_state: &str,
+    ) -> MetaResult<()> {
         let mut tx = self.begin_write().await?;
         let repo_id = tx.ensure_repository(repo).await?;
         sqlx::query(
@@ -87,6 +100,20 @@ impl MetaStore {
         hash_state: &[u8],
         driver_state: &str,
     ) -> MetaResult<bool> {
+        retrying!(
+            "save_upload_progress",
+            self.save_upload_progress_once(id, expected_size, size, hash_state, driver_state)
+        )
+    }
+
+    async fn save_upload_progress_once(
+        &self,
+        id: &UploadId,
+        expected_size: u64,
+        size: u64,
+        hash_state: &[u8],
+        driver_state: &str,
+    ) -> MetaResult<bool> {
         let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "UPDATE uploads SET size = $3, hash_state = $4, driver_state = $5, updated_at = $6
@@ -105,6 +132,10 @@ impl MetaStore {
     }
 
     pub async fn delete_upload(&self, id: &UploadId) -> MetaResult<bool> {
+        retrying!("delete_upload", self.delete_upload_once(id))
+    }
+
+    async fn delete_upload_once(&self, id: &UploadId) -> MetaResult<bool> {
         let mut tx = self.begin_write().await?;
         let deleted = tx.delete_upload(id).await?;
         tx.commit().await?;

@@ -1,0 +1,238 @@
+//! The races the GC protocol exists for, reached on purpose: fail points pause one side at the
+//! exact step (a manifest PUT after its locks, a mount or an upload after it refreshed a link),
+//! garbage collection runs into the paused side's locks, and the paused side then finishes.
+//! On PostgreSQL each test waits until GC is seen waiting on a row lock (pg_stat_activity),
+//! so a pass means the race was reached; on SQLite the paused transaction holds the write
+//! lock and GC waits for it at the writer gate. Every test ends by checking that what the
+//! client was told is stored is still there.
+
+mod common;
+
+use std::time::Duration;
+
+use common::images::{self, OCI_MANIFEST};
+use common::{Backend, TestEnv, TestServer, sha256};
+use wharf::gc::Mode;
+use wharf::meta::GcPolicy;
+
+backend_tests!(
+    manifest_put_against_gc_mark,
+    mount_refreshing_a_link_against_gc,
+    duplicate_upload_refreshing_a_link_against_gc,
+);
+
+/// PostgreSQL tests optionally run at another default isolation level (the protocol sets
+/// READ COMMITTED itself; the operator's default must not matter).
+async fn set_default_isolation(env: &TestEnv, level: &str) {
+    let (client, conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_isolation = ''{level}''', current_database()); END $$"
+        ))
+        .await
+        .unwrap();
+}
+
+/// Returns once some session of the test's database waits on a lock (PostgreSQL), or after a
+/// moment (SQLite, where the waiter queues on the in-process writer gate).
+async fn until_someone_waits(env: &TestEnv) {
+    if env.backend == Backend::SqliteFs {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        return;
+    }
+    let (client, conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..500 {
+        let waiting: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("GC never waited on the paused transaction's locks: the race was not reached");
+}
+
+/// A policy under which everything written until now is old enough to be garbage: a GC run
+/// that started now. Rows written (or refreshed) after it are young to that run.
+async fn policy_now() -> GcPolicy {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let p = GcPolicy::with_grace(Duration::ZERO, true);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    p
+}
+
+/// A GC run with `policy`, in the background.
+fn gc(s: &TestServer, policy: GcPolicy) -> tokio::task::JoinHandle<wharf::gc::GcReport> {
+    let registry = s.registry.clone();
+    tokio::spawn(async move {
+        registry
+            .collect_garbage(policy, Mode::Full, false)
+            .await
+            .expect("gc run")
+    })
+}
+
+async fn assert_blob_served(s: &TestServer, repo: &str, data: &[u8]) {
+    let d = sha256(data);
+    assert!(
+        s.blob_exists(&d).await,
+        "the object of {d} was deleted although a client was told it is stored"
+    );
+    let r = s
+        .client
+        .req(reqwest::Method::GET, &format!("/v2/{repo}/blobs/{d}"))
+        .header("Range", format!("bytes=0-{}", data.len() - 1))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "GET {d}: {}", r.status());
+    assert_eq!(r.bytes().await.unwrap().as_ref(), data);
+}
+
+async fn assert_fsck_clean(s: &TestServer) {
+    let r = s.registry.fsck(false, Duration::ZERO).await.unwrap();
+    assert!(r.missing.is_empty() && r.size_mismatch.is_empty(), "{r:?}");
+}
+
+/// A manifest PUT holds its blobs `FOR SHARE`; GC's mark waits on them; the PUT commits its
+/// edges; GC's re-check must see them. At REPEATABLE READ with a plain BEGIN, the re-check ran
+/// on the old snapshot and the blobs were deleted under an acknowledged manifest.
+async fn manifest_put_against_gc_mark(b: Backend) {
+    let env = TestEnv::new(b).await;
+    if b != Backend::SqliteFs {
+        set_default_isolation(&env, "repeatable read").await;
+    }
+    let s = env.start().await;
+    let repo = format!("race/put-{}", uuid::Uuid::new_v4().simple());
+    let img = images::single(OCI_MANIFEST, "linux/amd64", &[41, 42], 3000);
+    for blob in &img.blobs {
+        s.client.push_blob(&repo, blob).await;
+    }
+
+    let policy = policy_now().await;
+    let mut pause = wharf::failpoint::arm("manifest_put.locked", &repo);
+    let put = {
+        let (c, repo, img) = (s.client.clone(), repo.clone(), img.clone());
+        tokio::spawn(async move {
+            c.put_manifest(&repo, "v1", &img.media_type, &img.manifest)
+                .await
+                .status()
+        })
+    };
+    pause.reached().await;
+    let gc = gc(&s, policy);
+    until_someone_waits(&env).await;
+    pause.release();
+
+    assert_eq!(put.await.unwrap(), 201);
+    let report = gc.await.unwrap();
+    assert_eq!(report.blobs_deleted, 0, "{report:?}");
+    for blob in &img.blobs {
+        assert_blob_served(&s, &repo, blob).await;
+    }
+    s.client.pull_and_verify(&repo, "v1").await;
+    assert_fsck_clean(&s).await;
+}
+
+/// A mount into a repository that already links the blob refreshes the link's age; a GC link
+/// deletion that waited on it must not delete the refreshed link, and the blob must survive
+/// the run: the mount was answered 201, so a manifest pushed now must find the blob.
+async fn mount_refreshing_a_link_against_gc(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let s = env.start().await;
+    let repo = format!("race/mount-{}", uuid::Uuid::new_v4().simple());
+    let img = images::single(OCI_MANIFEST, "linux/amd64", &[43], 2000);
+    for blob in &img.blobs {
+        s.client.push_blob(&repo, blob).await;
+    }
+    // The GC run's cutoff is taken now: the links are old to it, the refresh below is not.
+    let policy = policy_now().await;
+
+    let layer = sha256(&img.blobs[1]);
+    let mut pause = wharf::failpoint::arm("mount.linked", &repo);
+    let mount = {
+        let (c, repo, layer) = (s.client.clone(), repo.clone(), layer.clone());
+        tokio::spawn(async move {
+            c.req(
+                reqwest::Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?mount={layer}&from={repo}"),
+            )
+            .send()
+            .await
+            .unwrap()
+            .status()
+        })
+    };
+    pause.reached().await;
+    let gc = gc(&s, policy);
+    until_someone_waits(&env).await;
+    pause.release();
+    assert_eq!(mount.await.unwrap(), 201);
+    gc.await.unwrap();
+
+    // Only the mounted layer was protected; the config is pushed again with the manifest.
+    s.client.push_blob(&repo, &img.blobs[0]).await;
+    let r = s
+        .client
+        .put_manifest(&repo, "v1", &img.media_type, &img.manifest)
+        .await;
+    assert_eq!(
+        r.status(),
+        201,
+        "a manifest pushed right after a 201 mount was refused: {}",
+        r.text().await.unwrap()
+    );
+    assert_blob_served(&s, &repo, &img.blobs[1]).await;
+    assert_fsck_clean(&s).await;
+}
+
+/// The same for a second upload of a blob the repository already links.
+async fn duplicate_upload_refreshing_a_link_against_gc(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let s = env.start().await;
+    let repo = format!("race/dup-{}", uuid::Uuid::new_v4().simple());
+    let img = images::single(OCI_MANIFEST, "linux/amd64", &[44], 2000);
+    for blob in &img.blobs {
+        s.client.push_blob(&repo, blob).await;
+    }
+    let policy = policy_now().await;
+
+    let layer = &img.blobs[1];
+    let mut pause = wharf::failpoint::arm("upload.linked", &sha256(layer));
+    let upload = {
+        let (c, repo, layer) = (s.client.clone(), repo.clone(), layer.clone());
+        tokio::spawn(async move { c.push_blob(&repo, &layer).await })
+    };
+    pause.reached().await;
+    let gc = gc(&s, policy);
+    until_someone_waits(&env).await;
+    pause.release();
+    upload.await.unwrap();
+    gc.await.unwrap();
+
+    s.client.push_blob(&repo, &img.blobs[0]).await;
+    let r = s
+        .client
+        .put_manifest(&repo, "v1", &img.media_type, &img.manifest)
+        .await;
+    assert_eq!(
+        r.status(),
+        201,
+        "a manifest pushed right after a 201 upload was refused: {}",
+        r.text().await.unwrap()
+    );
+    assert_blob_served(&s, &repo, layer).await;
+    assert_fsck_clean(&s).await;
+}
