@@ -117,6 +117,17 @@ impl TestDatabase {
                 let admin = postgres_admin_url();
                 let name = format!("wharf_t_{}", uuid::Uuid::new_v4().simple());
                 pg_admin(&admin, &format!("CREATE DATABASE {name}")).await;
+                // scripts/test runs the PostgreSQL tests again at the isolation levels operators
+                // set cluster-wide: wharf must not depend on the database's default.
+                if let Ok(level) = std::env::var("WHARF_TEST_PG_ISOLATION") {
+                    pg_admin(
+                        &admin,
+                        &format!(
+                            "ALTER DATABASE {name} SET default_transaction_isolation = '{level}'"
+                        ),
+                    )
+                    .await;
+                }
                 TestDatabase {
                     url: with_database(&admin, &name),
                     admin_url: Some(admin),
