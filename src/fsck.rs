@@ -80,11 +80,15 @@ pub async fn run(
             digest: o.digest.to_string(),
             size: o.size,
         });
-        if delete_orphans
-            && o.age_secs >= min_age.as_secs()
-            && !meta.blob_row_exists(&o.digest).await?
-        {
+        if !delete_orphans || o.age_secs < min_age.as_secs() {
+            continue;
+        }
+        // The listing is old news: an upload may be committing this digest right now. The
+        // claim waits for it, and fails if any row knows the digest by then.
+        if let Some(claim) = meta.claim_orphan(&o.digest).await? {
+            crate::failpoint::hit("fsck.claimed", o.digest.as_str()).await;
             storage.blob_delete(&o.digest).await?;
+            claim.finish().await?;
             report.orphans_deleted += 1;
         }
     }

@@ -19,6 +19,8 @@ backend_tests!(
     manifest_put_against_gc_mark,
     mount_refreshing_a_link_against_gc,
     duplicate_upload_refreshing_a_link_against_gc,
+    fsck_orphan_deletion_against_an_upload,
+    pushing_again_restores_a_lost_object,
 );
 
 /// PostgreSQL tests optionally run at another default isolation level (the protocol sets
@@ -235,4 +237,140 @@ async fn duplicate_upload_refreshing_a_link_against_gc(b: Backend) {
     );
     assert_blob_served(&s, &repo, layer).await;
     assert_fsck_clean(&s).await;
+}
+
+/// fsck lists an object no row knows (an orphan); an upload of the same digest inserts its row
+/// and puts the new object in place, and is paused before commit; fsck's delete of the
+/// "orphan" must wait for the upload and then leave the object alone.
+async fn fsck_orphan_deletion_against_an_upload(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let s = env.start().await;
+    let repo = format!("race/fsck-{}", uuid::Uuid::new_v4().simple());
+    let data = images::noise(45, 5000);
+    let digest = sha256(&data);
+    env.put_raw_blob(&digest, &data).await;
+
+    let mut pause = wharf::failpoint::arm("upload.linked", &digest);
+    let upload = {
+        let (c, repo, data) = (s.client.clone(), repo.clone(), data.clone());
+        tokio::spawn(async move { c.push_blob(&repo, &data).await })
+    };
+    pause.reached().await;
+    let fsck = {
+        let registry = s.registry.clone();
+        tokio::spawn(async move { registry.fsck(true, Duration::ZERO).await.unwrap() })
+    };
+    until_someone_waits(&env).await;
+    pause.release();
+    upload.await.unwrap();
+    let report = fsck.await.unwrap();
+    assert_eq!(report.orphans_deleted, 0, "{report:?}");
+    assert_blob_served(&s, &repo, &data).await;
+    assert_fsck_clean(&s).await;
+
+    // A real orphan still goes.
+    let orphan = images::noise(46, 100);
+    env.put_raw_blob(&sha256(&orphan), &orphan).await;
+    let r = s.registry.fsck(true, Duration::ZERO).await.unwrap();
+    assert_eq!(r.orphans_deleted, 1, "{r:?}");
+    assert!(!s.blob_exists(&sha256(&orphan)).await);
+}
+
+/// An object lost behind an active row (reported by fsck) is restored by the next push of the
+/// blob; a mount of it is refused (the client then uploads, which restores it too).
+async fn pushing_again_restores_a_lost_object(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let s = env.start().await;
+    let repo = format!("heal/{}", uuid::Uuid::new_v4().simple());
+    let data = images::noise(47, 7000);
+    let digest = sha256(&data);
+    s.client.push_blob(&repo, &data).await;
+    env.remove_raw_blob(&digest).await;
+    let r = s.registry.fsck(false, Duration::ZERO).await.unwrap();
+    assert_eq!(r.missing.len(), 1, "{r:?}");
+
+    let mount = s
+        .client
+        .req(
+            reqwest::Method::POST,
+            &format!("/v2/other/{repo}/blobs/uploads/?mount={digest}&from={repo}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        mount.status(),
+        202,
+        "a mount of a lost object must not succeed"
+    );
+
+    s.client.push_blob(&repo, &data).await;
+    assert_blob_served(&s, &repo, &data).await;
+    assert_fsck_clean(&s).await;
+}
+
+/// GC's phase 2 holds a `deleting` row's lock while it deletes the object. If its database
+/// session ends meanwhile, the lock is gone and an upload of the same digest can revive the
+/// row and write the object; the still-running GC must not delete it then.
+async fn gc_phase2_lock_lost_against_reupload(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let s = env.start().await;
+    let repo = format!("race/lost-{}", uuid::Uuid::new_v4().simple());
+    let data = images::noise(48, 6000);
+    let digest = sha256(&data);
+    s.client.push_blob(&repo, &data).await;
+    assert_eq!(
+        s.client
+            .delete(&format!("/v2/{repo}/blobs/{digest}"))
+            .await
+            .status(),
+        202
+    );
+    let policy = policy_now().await;
+
+    let mut pause = wharf::failpoint::arm("gc.deleting_object", &digest);
+    let gc = {
+        let registry = s.registry.clone();
+        tokio::spawn(async move { registry.collect_garbage(policy, Mode::Full, false).await })
+    };
+    pause.reached().await;
+    // The GC's session ends (an idle-in-transaction timeout, a failover, an operator).
+    let (admin, conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let killed: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = current_database() AND state LIKE 'idle in transaction%') t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        killed, 1,
+        "GC's session was not found idle in its transaction"
+    );
+    // The upload gets the row the lock no longer protects, and writes the object again.
+    s.client.push_blob(&repo, &data).await;
+    pause.release();
+    let result = gc.await.unwrap();
+    assert!(result.is_err(), "GC went on without its locks: {result:?}");
+    assert_blob_served(&s, &repo, &data).await;
+    assert_fsck_clean(&s).await;
+}
+
+mod postgres_only {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn gc_phase2_lock_lost_against_reupload_fs() {
+        gc_phase2_lock_lost_against_reupload(Backend::PostgresFs).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn gc_phase2_lock_lost_against_reupload_s3() {
+        gc_phase2_lock_lost_against_reupload(Backend::PostgresS3).await
+    }
 }

@@ -15,8 +15,10 @@ use crate::storage::BlobStore;
 const BATCH: usize = 200;
 /// Candidates fetched per scan; a run rescans only when a scan filled it.
 const SCAN: i64 = 50_000;
-/// Object deletions in flight at once within a batch.
+/// Object deletions in flight at once within a batch (one wave).
 const DELETE_CONCURRENCY: usize = 16;
+/// No object delete of a phase-2 batch starts later than this after its rows were locked.
+const PHASE2_DEADLINE: Duration = Duration::from_secs(60);
 
 /// What a run examines.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -193,37 +195,65 @@ async fn run_queue(
 }
 
 /// Phase 2 for every blob marked `deleting`: objects first, under the row locks, then rows.
+///
+/// An object delete must never start once the row lock may be gone: then an upload may have
+/// revived the row and written the object again. So the deletes go in waves, and before each
+/// wave the transaction is checked to be alive, and the batch's deadline not passed (rows left
+/// over stay `deleting` for the next run). What remains assumed: the lock is not lost while
+/// one wave is in flight (each driver delete is bounded in time and not retried late; see
+/// docs/gc.md).
 async fn delete_marked_blobs(
     meta: &MetaStore,
     storage: &dyn BlobStore,
     report: &mut GcReport,
 ) -> anyhow::Result<()> {
     loop {
-        let batch = meta.gc_begin_blob_delete(BATCH as i64).await?;
+        let mut batch = meta.gc_begin_blob_delete(BATCH as i64).await?;
         if batch.blobs().is_empty() {
-            batch.finish().await?;
+            batch.finish(&[]).await?;
             return Ok(());
         }
-        // Boxed futures (the driver's), not closures returning async blocks: the run stays
-        // `Send` for any executor.
-        let deletions: Vec<_> = batch
-            .blobs()
-            .iter()
-            .map(|b| storage.blob_delete(&b.digest))
-            .collect();
-        let results: Vec<_> = futures_util::stream::iter(deletions)
-            .buffer_unordered(DELETE_CONCURRENCY)
-            .collect()
-            .await;
-        for r in results {
-            // Any failure leaves the rows `deleting`; the next run tries again.
-            r?;
-        }
+        let locked_at = Instant::now();
         let blobs: Vec<GcBlob> = batch.blobs().to_vec();
-        batch.finish().await?;
-        report.blobs_deleted += blobs.len() as u64;
-        report.bytes_freed += blobs.iter().map(|b| b.size).sum::<u64>();
-        report.blobs.extend(blobs.into_iter().map(Into::into));
+        let mut done: Vec<GcBlob> = Vec::with_capacity(blobs.len());
+        for wave in blobs.chunks(DELETE_CONCURRENCY) {
+            for b in wave {
+                crate::failpoint::hit("gc.deleting_object", b.digest.as_str()).await;
+            }
+            if locked_at.elapsed() > PHASE2_DEADLINE {
+                tracing::warn!(
+                    left = blobs.len() - done.len(),
+                    "GC phase 2 batch ran past its deadline; the rest waits for the next run"
+                );
+                break;
+            }
+            batch.still_locked().await.map_err(|e| {
+                anyhow::anyhow!("GC lost its database session while deleting objects; no further object was deleted: {e}")
+            })?;
+            // Boxed futures (the driver's), not closures returning async blocks: the run stays
+            // `Send` for any executor.
+            let deletions: Vec<_> = wave
+                .iter()
+                .map(|b| storage.blob_delete(&b.digest))
+                .collect();
+            let results: Vec<_> = futures_util::stream::iter(deletions)
+                .buffer_unordered(DELETE_CONCURRENCY)
+                .collect()
+                .await;
+            for r in results {
+                // Any failure leaves the rows `deleting`; the next run tries again.
+                r?;
+            }
+            done.extend(wave.iter().cloned());
+        }
+        batch.finish(&done).await?;
+        report.blobs_deleted += done.len() as u64;
+        report.bytes_freed += done.iter().map(|b| b.size).sum::<u64>();
+        let finished_all = done.len() == blobs.len();
+        report.blobs.extend(done.into_iter().map(Into::into));
+        if !finished_all {
+            return Ok(());
+        }
     }
 }
 

@@ -16,6 +16,25 @@ pub struct BlobRow {
     pub status: String,
 }
 
+/// A claim on a digest that no blob row knows, taken to delete its orphaned object (fsck):
+/// an uncommitted `deleting` row that an upload of the same digest waits for, so the object
+/// cannot be replaced by a live one between the check and the delete. Dropping it rolls back.
+pub struct OrphanClaim {
+    tx: WriteTx,
+    digest: Digest,
+}
+
+impl OrphanClaim {
+    /// The object is deleted: removes the claim and commits.
+    pub async fn finish(mut self) -> MetaResult<()> {
+        sqlx::query("DELETE FROM blobs WHERE digest = $1 AND status = 'deleting'")
+            .bind(self.digest.as_str())
+            .execute(self.tx.conn())
+            .await?;
+        self.tx.commit().await
+    }
+}
+
 /// An open commit of an uploaded blob: the blob row is locked until `finish` or drop.
 pub struct BlobCommit {
     tx: WriteTx,
@@ -70,13 +89,24 @@ impl MetaStore {
             .collect()
     }
 
-    /// Whether a row exists for the blob, whatever its status.
-    pub async fn blob_row_exists(&self, digest: &Digest) -> MetaResult<bool> {
-        let row = sqlx::query("SELECT 1 FROM blobs WHERE digest = $1")
-            .bind(digest.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.is_some())
+    /// Claims `digest` for deleting an orphaned object, if no row (committed or being
+    /// inserted by an upload) knows it; waits for an upload inserting it to finish.
+    pub async fn claim_orphan(&self, digest: &Digest) -> MetaResult<Option<OrphanClaim>> {
+        let mut tx = self.begin_write().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO blobs (digest, size, status, created_at) VALUES ($1, 0, 'deleting', $2)
+             ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(digest.as_str())
+        .bind(now_ms())
+        .execute(tx.conn())
+        .await?
+        .rows_affected()
+            == 1;
+        Ok(inserted.then(|| OrphanClaim {
+            tx,
+            digest: digest.clone(),
+        }))
     }
 
     /// Starts committing an uploaded blob. The blob row is created or locked; if

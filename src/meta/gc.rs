@@ -120,19 +120,25 @@ impl BlobDelete {
         &self.digests
     }
 
-    /// Deletes the rows (their objects are gone) and commits.
-    pub async fn finish(mut self) -> MetaResult<()> {
-        if !self.digests.is_empty() {
+    /// Fails unless the transaction, and so its row locks, is still alive: the session may
+    /// have been ended meanwhile (idle timeout, `pg_terminate_backend`, failover), and then an
+    /// upload may already have revived a row and written its object.
+    pub async fn still_locked(&mut self) -> MetaResult<()> {
+        sqlx::query("SELECT 1").execute(self.tx.conn()).await?;
+        Ok(())
+    }
+
+    /// Deletes the rows of `done` (blobs of this batch whose objects are gone) and commits.
+    /// The rest stay `deleting` for the next run.
+    pub async fn finish(mut self, done: &[GcBlob]) -> MetaResult<()> {
+        if !done.is_empty() {
             let sql = format!(
                 "DELETE FROM blobs WHERE status = 'deleting' AND digest IN ({})",
-                placeholders(1, self.digests.len())
+                placeholders(1, done.len())
             );
-            bind_all(
-                sqlx::query(&sql),
-                self.digests.iter().map(|b| b.digest.as_str()),
-            )
-            .execute(self.tx.conn())
-            .await?;
+            bind_all(sqlx::query(&sql), done.iter().map(|b| b.digest.as_str()))
+                .execute(self.tx.conn())
+                .await?;
         }
         self.tx.commit().await
     }

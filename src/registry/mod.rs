@@ -198,7 +198,14 @@ impl Registry {
             Some(source) => self.meta.blob_in_repository(source, digest).await?,
             None => self.meta.blob_stored(digest).await?,
         };
-        if available.is_none() {
+        let Some(size) = available else {
+            return Ok(None);
+        };
+        // A mount promises bytes it does not move: refuse it (the client then uploads them,
+        // which restores the object) when the object behind the row is gone.
+        if self.storage.blob_stat(digest).await? != Some(size) {
+            MISSING_OBJECTS.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%digest, "DATA LOSS: a mount found the blob's object missing or damaged; answering with an upload so the client restores it");
             return Ok(None);
         }
         Ok(self.meta.link_blob(repo, digest).await?)

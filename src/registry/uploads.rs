@@ -208,7 +208,21 @@ impl Registry {
         }
 
         let commit = self.meta.begin_blob_commit(digest, record.size).await?;
-        let needs_object = commit.needs_object();
+        let mut needs_object = commit.needs_object();
+        if !needs_object {
+            // The row says the object is stored; check under the row lock rather than trust
+            // it, so that pushing a blob again repairs a lost or damaged object.
+            let found = self.storage.blob_stat(digest).await?;
+            if found != Some(record.size) {
+                tracing::error!(
+                    %digest,
+                    ?found,
+                    expected = record.size,
+                    "a stored blob's object was missing or damaged; restoring it from this upload"
+                );
+                needs_object = true;
+            }
+        }
         if needs_object {
             writer
                 .commit(&record.driver_state, record.size, digest)

@@ -47,6 +47,8 @@ use crate::oci::{Digest, UploadId};
 const MIN_PART: u64 = 5 * 1024 * 1024;
 const MAX_PART: u64 = 5 * 1024 * 1024 * 1024;
 const MAX_PARTS: i32 = 10_000;
+/// How long one blob DeleteObject may take (see `blob_delete`).
+const DELETE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct S3Driver {
     client: Client,
@@ -775,11 +777,22 @@ impl BlobStore for S3Driver {
     }
 
     async fn blob_delete(&self, digest: &Digest) -> StorageResult<()> {
+        // GC deletes objects under row locks it must not outlive: a delete is one attempt,
+        // bounded in time, never an SDK retry landing after the caller gave up.
+        let once = aws_sdk_s3::config::Builder::default()
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .operation_timeout(DELETE_TIMEOUT)
+                    .build(),
+            );
         match self
             .client
             .delete_object()
             .bucket(&self.bucket)
             .key(self.blob_key(digest))
+            .customize()
+            .config_override(once)
             .send()
             .await
         {
