@@ -4,9 +4,17 @@
 
 mod common;
 
-use common::{Backend, TestEnv, error_code};
+use common::images::{self, OCI_INDEX, OCI_MANIFEST};
+use common::{Backend, TestEnv, error_code, sha256, with_query};
+use reqwest::Method;
+use serde_json::Value;
 
-backend_tests!(missing_object_behind_a_row_is_counted);
+backend_tests!(
+    missing_object_behind_a_row_is_counted,
+    control_characters_never_reach_the_database,
+    descriptor_sizes_must_match_what_is_stored,
+    malformed_content_range_leaves_the_upload_alone,
+);
 
 async fn missing_object_behind_a_row_is_counted(b: Backend) {
     let env = TestEnv::new(b).await;
@@ -73,4 +81,255 @@ async fn busy_database_answers_503_with_retry_after() {
 
     tx.rollback().await.unwrap();
     assert_eq!(s.client.get("/v2/busy/app/tags/list").await.status(), 200);
+}
+
+/// A NUL byte in any text a client sends is refused with 400 before it reaches either
+/// database (PostgreSQL text cannot hold one: it used to answer 500).
+async fn control_characters_never_reach_the_database(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let s = env.start().await;
+    let img = images::single(OCI_MANIFEST, "linux/amd64", &[51], 500);
+    s.client.push_image("nul/app", "v1", &img).await;
+    let subject = img.digest();
+    for path in [
+        "/v2/nul/app/tags/list?n=1&last=%00".to_string(),
+        "/v2/nul/app/tags/list?last=a%00b".to_string(),
+        "/v2/_catalog?n=1&last=%00".to_string(),
+        format!("/v2/nul/app/referrers/{subject}?artifactType=%00"),
+        "/admin/usage?namespace=%00".to_string(),
+        "/v2/nul/app/tags/list?last=%0A".to_string(),
+    ] {
+        let r = s.client.get(&path).await;
+        assert_eq!(r.status(), 400, "{path}");
+        assert_eq!(error_code(r).await, "UNSUPPORTED", "{path}");
+    }
+    // Text inside a manifest that is stored as text: its artifact type.
+    let mut m: Value = serde_json::from_slice(&img.manifest).unwrap();
+    m["artifactType"] = Value::String("application/x\u{0}sig".to_string());
+    let body = serde_json::to_vec(&m).unwrap();
+    let r = s
+        .client
+        .put_manifest("nul/app", "v2", OCI_MANIFEST, &body)
+        .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "MANIFEST_INVALID");
+    // Nothing stored was touched.
+    s.client.pull_and_verify("nul/app", "v1").await;
+}
+
+/// A descriptor must declare the size of what it points at: a layer off by one byte, or an
+/// index entry with a wrong manifest size, is MANIFEST_INVALID naming the descriptor.
+async fn descriptor_sizes_must_match_what_is_stored(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let s = env.start().await;
+    let img = images::single(OCI_MANIFEST, "linux/amd64", &[52], 700);
+    s.client.push_image("size/app", "v1", &img).await;
+
+    let mut m: Value = serde_json::from_slice(&img.manifest).unwrap();
+    let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
+    let size = m["layers"][0]["size"].as_u64().unwrap();
+    m["layers"][0]["size"] = Value::from(size + 1);
+    let body = serde_json::to_vec(&m).unwrap();
+    let r = s
+        .client
+        .put_manifest("size/app", "bad", OCI_MANIFEST, &body)
+        .await;
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("MANIFEST_INVALID") && text.contains(&layer),
+        "{text}"
+    );
+
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": img.digest(),
+                       "size": img.manifest.len() + 3,
+                       "platform": {"architecture": "amd64", "os": "linux"}}],
+    });
+    let body = serde_json::to_vec(&index).unwrap();
+    let r = s
+        .client
+        .put_manifest("size/app", "idx", OCI_INDEX, &body)
+        .await;
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(text.contains(&img.digest()), "{text}");
+    assert_eq!(
+        s.client.get("/v2/size/app/manifests/bad").await.status(),
+        404
+    );
+    assert_eq!(
+        s.client.get("/v2/size/app/manifests/idx").await.status(),
+        404
+    );
+    s.client.pull_and_verify("size/app", "v1").await;
+}
+
+/// Content-Range is `<start>-<end>`; other shapes are refused (400) and change nothing.
+async fn malformed_content_range_leaves_the_upload_alone(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let s = env.start().await;
+    let loc = s.client.start_upload("range/app").await;
+    let data = images::noise(53, 10);
+    for bad in [
+        "bytes=0-9",
+        "0-9/10",
+        "0 - 9",
+        " 0-9",
+        "bytes 0-9/10",
+        "0-",
+        "-9",
+        "0-9-",
+    ] {
+        let r = s
+            .client
+            .req(Method::PATCH, &loc)
+            .header("Content-Range", bad)
+            .body(data.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad:?}");
+        assert_eq!(error_code(r).await, "BLOB_UPLOAD_INVALID", "{bad:?}");
+        let st = s.client.get(&loc).await;
+        assert_eq!(st.headers()["range"], "0-0", "{bad:?} moved the upload");
+    }
+    let r = s
+        .client
+        .req(Method::PATCH, &loc)
+        .header("Content-Range", "0-9")
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let d = sha256(&data);
+    let r = s
+        .client
+        .req(Method::PUT, &with_query(&loc, &format!("digest={d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(s.client.blob_bytes("range/app", &d).await.unwrap(), data);
+}
+
+/// A tmpfs of its own for the storage, unmounted when dropped.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: std::path::PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs to fill it and needs root (CI runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { path }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// On a full disk a push gets 507 saying so, gives its space back (monolithic and chunked),
+/// reads keep working, and pushes work again as soon as there is room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_is_a_clear_error_and_gives_space_back() {
+    let env = TestEnv::new(Backend::SqliteFs).await;
+    let disk = SmallDisk::mount(env.dir.path().join("storage"), "40m");
+    let s = env.start().await;
+    let first = images::noise(54, 25 << 20);
+    let d1 = s.client.push_blob("full/app", &first).await;
+
+    let second = images::noise(55, 25 << 20);
+    let r = s
+        .client
+        .req(
+            Method::POST,
+            &format!("/v2/full/app/blobs/uploads/?digest={}", sha256(&second)),
+        )
+        .body(second.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 507);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("storage is full"), "{text}");
+    assert_eq!(
+        s.stored_uploads().await,
+        0,
+        "the failed push kept its bytes"
+    );
+
+    // Chunked: the failing PATCH is cut back to the recorded size; the upload stays usable.
+    let loc = s.client.start_upload("full/app").await;
+    let part = images::noise(56, 5 << 20);
+    let r = s
+        .client
+        .req(Method::PATCH, &loc)
+        .body(part.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = s
+        .client
+        .req(Method::PATCH, &loc)
+        .body(images::noise(57, 20 << 20))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 507);
+    let st = s.client.get(&loc).await;
+    assert_eq!(st.headers()["range"], format!("0-{}", (5 << 20) - 1));
+    let used: u64 = walk_size(&disk.path.join("wharf/uploads"));
+    assert_eq!(used, 5 << 20, "the failed PATCH's bytes stayed on disk");
+
+    // Reads work; small pushes work while there is room.
+    assert_eq!(s.client.blob_bytes("full/app", &d1).await.unwrap(), first);
+    let small = images::noise(58, 1024);
+    s.client.push_blob("full/app", &small).await;
+    // The chunked upload completes once it fits.
+    let r = s
+        .client
+        .req(
+            Method::PUT,
+            &with_query(&loc, &format!("digest={}", sha256(&part))),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    s.stop().await;
+    drop(disk);
+}
+
+fn walk_size(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        total += if m.is_dir() {
+            walk_size(&e.path())
+        } else {
+            m.len()
+        };
+    }
+    total
 }

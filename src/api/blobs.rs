@@ -187,7 +187,8 @@ pub async fn upload_status(reg: &Registry, name: &RepoName, id: &UploadId) -> Re
     Ok(upload_response(StatusCode::NO_CONTENT, name, &upload))
 }
 
-/// `Content-Range: <start>-<end>` (also accepted: a `bytes ` prefix and a `/<total>` suffix).
+/// `Content-Range: <start>-<end>`, exactly as the spec writes it (and Distribution accepts it):
+/// digits, a dash, digits. Anything else is refused before the upload is touched.
 fn content_range(req: &HttpRequest) -> Result<Option<ContentRange>> {
     let Some(raw) = req.headers().get(header::CONTENT_RANGE) else {
         return Ok(None);
@@ -197,13 +198,14 @@ fn content_range(req: &HttpRequest) -> Result<Option<ContentRange>> {
             "malformed Content-Range: expected <start>-<end>, e.g. 0-1023".into(),
         )
     };
-    let v = raw.to_str().map_err(|_| bad())?.trim();
-    let v = v.strip_prefix("bytes").map(str::trim_start).unwrap_or(v);
-    let v = v.strip_prefix('=').unwrap_or(v);
-    let v = v.split('/').next().unwrap_or_default();
+    let v = raw.to_str().map_err(|_| bad())?;
     let (a, b) = v.split_once('-').ok_or_else(bad)?;
-    let start = a.trim().parse::<u64>().map_err(|_| bad())?;
-    let end = b.trim().parse::<u64>().map_err(|_| bad())?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    if !digits(a) || !digits(b) {
+        return Err(bad());
+    }
+    let start = a.parse::<u64>().map_err(|_| bad())?;
+    let end = b.parse::<u64>().map_err(|_| bad())?;
     if end < start {
         return Err(bad());
     }

@@ -77,10 +77,22 @@ async fn usage(req: HttpRequest, registry: web::Data<Registry>) -> Result<HttpRe
     Ok(HttpResponse::Ok().json(report))
 }
 
+/// The query parameters. Nothing a client sends reaches a database unchecked: a NUL byte (which
+/// PostgreSQL text cannot hold) or a control character is refused here, for every endpoint.
 pub(crate) fn query(req: &HttpRequest) -> Result<HashMap<String, String>> {
-    web::Query::<HashMap<String, String>>::from_query(req.query_string())
+    let q = web::Query::<HashMap<String, String>>::from_query(req.query_string())
         .map(web::Query::into_inner)
-        .map_err(|e| Error::Unsupported(format!("malformed query string: {e}")))
+        .map_err(|e| Error::Unsupported(format!("malformed query string: {e}")))?;
+    if let Some((k, _)) = q
+        .iter()
+        .find(|(k, v)| k.chars().chain(v.chars()).any(char::is_control))
+    {
+        return Err(Error::Unsupported(format!(
+            "query parameter {:?} holds a control character",
+            k.escape_debug().to_string()
+        )));
+    }
+    Ok(q)
 }
 
 #[tracing::instrument(skip_all, fields(method = %req.method(), path = %req.path()))]

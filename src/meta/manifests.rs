@@ -57,7 +57,10 @@ pub struct NewManifest<'a> {
     pub subject: Option<&'a Digest>,
     pub payload: &'a [u8],
     pub blobs: &'a [Digest],
+    /// The sizes the manifest's descriptors declare, `blob_sizes[i]` for `blobs[i]`.
+    pub blob_sizes: &'a [u64],
     pub children: &'a [Digest],
+    pub child_sizes: &'a [u64],
     pub tag: Option<&'a Tag>,
 }
 
@@ -66,6 +69,12 @@ pub enum PutManifestOutcome {
     Stored,
     MissingBlob(Digest),
     MissingChild(Digest),
+    /// A descriptor declares another size than the stored blob or manifest has.
+    SizeMismatch {
+        digest: Digest,
+        declared: u64,
+        stored: u64,
+    },
 }
 
 /// Rows per multi-row INSERT: far below both databases' bound-parameter limits.
@@ -149,7 +158,8 @@ impl MetaStore {
                AND (EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.repository_id = $1 AND rb.blob_digest = b.digest)
                  OR EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.repository_id = $1 AND mb.blob_digest = b.digest))
              ORDER BY b.digest";
-        const CHILDREN: &str = "SELECT id, digest, total_size AS size FROM manifests
+        const CHILDREN: &str =
+            "SELECT id, digest, total_size, CAST(length(payload) AS BIGINT) AS size FROM manifests
              WHERE repository_id = $1 AND digest IN ({in}) ORDER BY id";
         let blobs = match tx.lock_referenced(BLOBS, repo_id, m.blobs).await? {
             Ok(rows) => rows,
@@ -159,9 +169,30 @@ impl MetaStore {
             Ok(rows) => rows,
             Err(missing) => return Ok(PutManifestOutcome::MissingChild(missing)),
         };
+        let wanted = m.blobs.iter().zip(m.blob_sizes);
+        let wanted = wanted.chain(m.children.iter().zip(m.child_sizes));
+        for (digest, &declared) in wanted {
+            let row = blobs.iter().chain(&children).find(|r| {
+                r.try_get::<String, _>("digest")
+                    .is_ok_and(|d| d == digest.as_str())
+            });
+            if let Some(r) = row {
+                let stored = r.try_get::<i64, _>("size")? as u64;
+                if stored != declared {
+                    return Ok(PutManifestOutcome::SizeMismatch {
+                        digest: digest.clone(),
+                        declared,
+                        stored,
+                    });
+                }
+            }
+        }
         let mut referenced_size: i64 = 0;
-        for r in blobs.iter().chain(&children) {
+        for r in &blobs {
             referenced_size += r.try_get::<i64, _>("size")?;
+        }
+        for r in &children {
+            referenced_size += r.try_get::<i64, _>("total_size")?;
         }
         let child_ids = children
             .iter()

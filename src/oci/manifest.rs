@@ -66,8 +66,12 @@ pub struct ParsedManifest {
     /// Every blob the manifest references and that must exist in the repository:
     /// config first, then layers, without duplicates.
     pub blobs: Vec<Digest>,
+    /// The size each descriptor declares for `blobs[i]`.
+    pub blob_sizes: Vec<u64>,
     /// Child manifests of an index / manifest list, without duplicates.
     pub children: Vec<Digest>,
+    /// The size each descriptor declares for `children[i]`.
+    pub child_sizes: Vec<u64>,
     pub subject: Option<Digest>,
     /// `artifactType`, falling back to the config media type for image manifests.
     pub artifact_type: Option<String>,
@@ -90,7 +94,14 @@ struct RawManifest {
 struct Descriptor {
     media_type: String,
     digest: Digest,
+    size: u64,
     has_urls: bool,
+}
+
+/// A media type as RFC 6838 shapes it (`type/subtype`, printable ASCII without spaces): what
+/// is stored of a manifest's own text (its artifact type) must be one.
+fn is_media_type(s: &str) -> bool {
+    s.len() <= 255 && s.contains('/') && s.bytes().all(|c| c.is_ascii_graphic())
 }
 
 fn descriptor(v: &Value, what: &str) -> Result<Descriptor, String> {
@@ -107,10 +118,10 @@ fn descriptor(v: &Value, what: &str) -> Result<Descriptor, String> {
         .and_then(Value::as_str)
         .ok_or_else(|| format!("{what} has no digest"))?;
     let digest: Digest = digest.parse().map_err(|e| format!("{what}: {e}"))?;
-    match obj.get("size") {
-        Some(Value::Number(n)) if n.as_u64().is_some() => {}
+    let size = match obj.get("size") {
+        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap_or_default(),
         _ => return Err(format!("{what} has no valid size (a non-negative integer)")),
-    }
+    };
     let has_urls = obj
         .get("urls")
         .and_then(Value::as_array)
@@ -118,6 +129,7 @@ fn descriptor(v: &Value, what: &str) -> Result<Descriptor, String> {
     Ok(Descriptor {
         media_type,
         digest,
+        size,
         has_urls,
     })
 }
@@ -132,9 +144,19 @@ fn descriptors(v: &Value, what: &str) -> Result<Vec<Descriptor>, String> {
         .collect()
 }
 
-fn push_unique(list: &mut Vec<Digest>, d: Digest) {
-    if !list.contains(&d) {
-        list.push(d);
+/// Adds a referenced digest once; the same digest declared with two sizes is invalid.
+fn push_unique(list: &mut Vec<Digest>, sizes: &mut Vec<u64>, d: Descriptor) -> Result<(), String> {
+    match list.iter().position(|x| *x == d.digest) {
+        Some(i) if sizes[i] != d.size => Err(format!(
+            "{} is listed with two sizes, {} and {}",
+            d.digest, sizes[i], d.size
+        )),
+        Some(_) => Ok(()),
+        None => {
+            list.push(d.digest);
+            sizes.push(d.size);
+            Ok(())
+        }
     }
 }
 
@@ -201,7 +223,13 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
 
     let artifact_type = match &raw.artifact_type {
         None => None,
-        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::String(s)) if is_media_type(s) => Some(s.clone()),
+        Some(Value::String(s)) => {
+            return Err(format!(
+                "artifactType {:?} is not a media type",
+                s.escape_debug().to_string()
+            ));
+        }
         Some(_) => return Err("artifactType must be a string".into()),
     };
     let subject = raw
@@ -219,7 +247,9 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
         media_type,
         config: None,
         blobs: Vec::new(),
+        blob_sizes: Vec::new(),
         children: Vec::new(),
+        child_sizes: Vec::new(),
         subject,
         artifact_type,
         annotations,
@@ -233,7 +263,7 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
             .as_ref()
             .ok_or("an index must have a manifests array")?;
         for d in descriptors(manifests, "manifests")? {
-            push_unique(&mut parsed.children, d.digest);
+            push_unique(&mut parsed.children, &mut parsed.child_sizes, d)?;
         }
     } else {
         if raw.manifests.is_some() {
@@ -245,11 +275,17 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
                 .ok_or("an image manifest must have a config")?,
             "config",
         )?;
+        if !is_media_type(&config.media_type) {
+            return Err(format!(
+                "config mediaType {:?} is not a media type",
+                config.media_type.escape_debug().to_string()
+            ));
+        }
         if parsed.artifact_type.is_none() {
             parsed.artifact_type = Some(config.media_type.clone());
         }
         parsed.config = Some(config.digest.clone());
-        push_unique(&mut parsed.blobs, config.digest);
+        push_unique(&mut parsed.blobs, &mut parsed.blob_sizes, config)?;
         let layers = raw
             .layers
             .as_ref()
@@ -258,7 +294,7 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
             if layer.has_urls && FOREIGN_LAYERS.contains(&layer.media_type.as_str()) {
                 continue;
             }
-            push_unique(&mut parsed.blobs, layer.digest);
+            push_unique(&mut parsed.blobs, &mut parsed.blob_sizes, layer)?;
         }
     }
     Ok(parsed)

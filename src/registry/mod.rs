@@ -246,7 +246,9 @@ impl Registry {
                 subject: parsed.subject.as_ref(),
                 payload: body,
                 blobs: &parsed.blobs,
+                blob_sizes: &parsed.blob_sizes,
                 children: &parsed.children,
+                child_sizes: &parsed.child_sizes,
                 tag,
             })
             .await?;
@@ -260,6 +262,13 @@ impl Registry {
             ))),
             PutManifestOutcome::MissingChild(d) => Err(Error::ManifestBlobUnknown(format!(
                 "child manifest {d} (push it to {repo} before the index)"
+            ))),
+            PutManifestOutcome::SizeMismatch {
+                digest,
+                declared,
+                stored,
+            } => Err(Error::ManifestInvalid(format!(
+                "the descriptor of {digest} declares {declared} bytes, but it has {stored}"
             ))),
         }
     }

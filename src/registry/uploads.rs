@@ -255,9 +255,24 @@ impl Registry {
             .complete_upload(repo, &status.id, digest, None, body)
             .await;
         if result.is_err() {
-            let _ = self.cancel_upload(repo, &status.id).await;
+            self.discard_failed_upload(&status.id).await;
         }
         result
+    }
+
+    /// After a monolithic upload failed: its bytes go first (the failure may be a full disk,
+    /// and the space must come back even if the database cannot write now), then its row.
+    async fn discard_failed_upload(&self, id: &UploadId) {
+        let state = match self.meta.upload(id).await {
+            Ok(Some(u)) => u.driver_state,
+            _ => String::new(),
+        };
+        if let Err(e) = self.storage.upload_abort(id, &state).await {
+            tracing::warn!(upload = %id, error = %e, "could not remove a failed upload's data; upload purging will");
+        }
+        if let Err(e) = self.meta.delete_upload(id).await {
+            tracing::warn!(upload = %id, error = %e, "could not remove a failed upload's row; upload purging will");
+        }
     }
 
     #[tracing::instrument(skip_all, fields(repository = %repo))]

@@ -322,7 +322,30 @@ impl UploadWriter for FsUpload<'_> {
         offset: u64,
         body: &mut BodyStream<'_>,
     ) -> StorageResult<Appended> {
-        let upload = &*self;
+        let result = self.append_at(offset, body).await;
+        if result.is_err() {
+            // Give the space of a failed request back (a full disk must not stay full of it);
+            // the upload stays resumable at its recorded size.
+            let file = self.file.clone();
+            let _ = blocking(move || {
+                if file.metadata()?.len() > offset {
+                    file.set_len(offset)?;
+                }
+                Ok(())
+            })
+            .await;
+        }
+        result
+    }
+
+    async fn commit(&mut self, _state: &str, size: u64, digest: &Digest) -> StorageResult<()> {
+        self.commit_at(size, digest).await
+    }
+}
+
+impl FsUpload<'_> {
+    async fn append_at(&self, offset: u64, body: &mut BodyStream<'_>) -> StorageResult<Appended> {
+        let upload = self;
         let file = upload.file.clone();
 
         let found = blocking(move || {
@@ -387,7 +410,7 @@ impl UploadWriter for FsUpload<'_> {
         })
     }
 
-    async fn commit(&mut self, _state: &str, size: u64, digest: &Digest) -> StorageResult<()> {
+    async fn commit_at(&self, size: u64, digest: &Digest) -> StorageResult<()> {
         let src_dir = self.driver.upload_dir(&self.id);
         let dst = self.driver.blob_path(digest);
         let file = self.file.clone();
