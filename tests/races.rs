@@ -361,8 +361,134 @@ async fn gc_phase2_lock_lost_against_reupload(b: Backend) {
     assert_fsck_clean(&s).await;
 }
 
+/// Returns once `n` sessions of the test's database wait on locks.
+async fn until_waiting(env: &TestEnv, n: i64) {
+    let (client, conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..500 {
+        let waiting: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{n} sessions never waited on locks together: the race was not reached");
+}
+
+/// An index PUT locks its children `FOR SHARE` while GC's manifest pass locks the same rows
+/// `FOR UPDATE`. Both must take them in one order (by id), or each holds what the other waits
+/// for: a deadlock, which PostgreSQL breaks by failing one of them. The children are chosen so
+/// that their digest order (the order of the PUT's index scan) is the reverse of their id
+/// order; a third session holds the first child so that GC and the PUT queue up behind it.
+async fn index_put_and_gc_lock_children_in_one_order(b: Backend) {
+    let env = TestEnv::new(b).await;
+    // On a store of real size the PUT reads its children through the (repository, digest)
+    // index, i.e. in digest order; on this tiny one the planner would scan the table in id
+    // order and hide the problem.
+    let (client, conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET enable_seqscan = off', current_database()); EXECUTE format('ALTER DATABASE %I SET enable_bitmapscan = off', current_database()); END $$",
+        )
+        .await
+        .unwrap();
+    let s = env.start().await;
+    let repo = format!("race/order-{}", uuid::Uuid::new_v4().simple());
+    let img = (0..64)
+        .map(|seed| {
+            images::multiarch(
+                images::OCI_INDEX,
+                900 + seed,
+                &["linux/amd64", "linux/arm64"],
+                1,
+                300,
+                &[],
+            )
+        })
+        .find(|i| sha256(&i.children[1].1) < sha256(&i.children[0].1))
+        .expect("an index whose children sort the other way");
+    for blob in &img.blobs {
+        s.client.push_blob(&repo, blob).await;
+    }
+    for (mt, child) in &img.children {
+        s.client
+            .push_manifest(&repo, &sha256(child), mt, child)
+            .await;
+    }
+    let policy = policy_now().await;
+
+    let (mut admin, conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()";
+    let before: i64 = admin.query_one(deadlocks, &[]).await.unwrap().get(0);
+    let holder = admin.transaction().await.unwrap();
+    holder
+        .execute(
+            "SELECT id FROM manifests WHERE digest = $1 FOR UPDATE",
+            &[&sha256(&img.children[0].1)],
+        )
+        .await
+        .unwrap();
+
+    let gc = gc(&s, policy);
+    until_waiting(&env, 1).await;
+    let put = {
+        let (c, repo, img) = (s.client.clone(), repo.clone(), img.clone());
+        tokio::spawn(async move {
+            c.put_manifest(&repo, "v1", &img.media_type, &img.manifest)
+                .await
+                .status()
+        })
+    };
+    until_waiting(&env, 2).await;
+    holder.rollback().await.unwrap();
+
+    let status = put.await.unwrap();
+    gc.await.unwrap();
+    // GC may have taken the (old, unreferenced) children first; then the index is refused
+    // like any index whose children are gone. Never a 500, never a 503.
+    assert!(
+        status == 201 || status == 400,
+        "index PUT answered {status}"
+    );
+    // A deadlock is detected after deadlock_timeout (1 s) and the detecting backend reports it
+    // to the statistics at its next idle moment: watch the counter for a while.
+    for _ in 0..30 {
+        admin
+            .execute("SELECT pg_stat_clear_snapshot()", &[])
+            .await
+            .unwrap();
+        let after: i64 = admin.query_one(deadlocks, &[]).await.unwrap().get(0);
+        assert_eq!(
+            after, before,
+            "a deadlock formed between the index PUT and GC"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_fsck_clean(&s).await;
+}
+
 mod postgres_only {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn index_put_and_gc_lock_children_in_one_order_fs() {
+        index_put_and_gc_lock_children_in_one_order(Backend::PostgresFs).await
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn gc_phase2_lock_lost_against_reupload_fs() {
