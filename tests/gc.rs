@@ -415,9 +415,11 @@ async fn torture_concurrent_pushes_deletes_and_gc(b: Backend) {
 
     let clients = 4u64;
     let rounds = 8u64;
+    let stats = std::sync::Arc::new(common::PushStats::default());
     let mut tasks = Vec::new();
     for client_id in 0..clients {
         let c = s.client.clone();
+        let stats = stats.clone();
         tasks.push(tokio::spawn(async move {
             let repo = format!("torture/r{}", client_id % 2);
             let mut live: Vec<(String, images::Image)> = Vec::new();
@@ -436,7 +438,15 @@ async fn torture_concurrent_pushes_deletes_and_gc(b: Backend) {
                     &[9000 + k],
                 );
                 let tag = format!("c{client_id}-r{round}");
-                refused += c.push_image_retrying(&repo, &tag, &img).await;
+                if client_id < 2 {
+                    refused += c.push_image_retrying(&repo, &tag, &img).await;
+                } else {
+                    // These trust the registry: HEAD-then-skip, and mounts from the other
+                    // repository (which pushes the same shared layers).
+                    let other = format!("torture/r{}", (client_id + 1) % 2);
+                    c.push_image_thrifty(&repo, &other, &tag, &img, &stats)
+                        .await;
+                }
                 c.pull_and_verify(&repo, &tag).await;
                 live.push((tag, img));
                 if live.len() > 1 {
@@ -517,7 +527,12 @@ async fn torture_concurrent_pushes_deletes_and_gc(b: Backend) {
         last.blobs_deleted
     );
     eprintln!(
-        "torture: {gc_runs} external GC runs deleting {external_deleted} blobs, {refused} pushes refused and retried, {} blobs stored at the end",
+        "torture: {gc_runs} external GC runs deleting {external_deleted} blobs, {refused} pushes refused and retried, {} blobs stored at the end; thrifty clients: {stats:?}",
         fsck.rows
+    );
+    use std::sync::atomic::Ordering::Relaxed;
+    assert!(
+        stats.skipped_after_head.load(Relaxed) > 0 && stats.mounted.load(Relaxed) > 0,
+        "the thrifty clients never skipped or mounted: the run did not exercise those paths"
     );
 }

@@ -453,6 +453,19 @@ impl TestServer {
     }
 }
 
+/// What thrifty pushes met (see `Client::push_image_thrifty`).
+#[derive(Default, Debug)]
+pub struct PushStats {
+    pub skipped_after_head: std::sync::atomic::AtomicU64,
+    pub mounted: std::sync::atomic::AtomicU64,
+    /// Mounts answered with an upload session (the blob was gone or going).
+    pub mount_fell_back: std::sync::atomic::AtomicU64,
+    pub refused: std::sync::atomic::AtomicU64,
+    /// Manifests refused in an attempt that relied on a HEAD or a mount: the window between
+    /// the client's check and its manifest PUT, in which GC took the blob.
+    pub refused_after_skip_or_mount: std::sync::atomic::AtomicU64,
+}
+
 /// HTTP client with registry helpers. Paths are relative to the server URL.
 #[derive(Clone)]
 pub struct Client {
@@ -645,6 +658,84 @@ impl Client {
                 "MANIFEST_BLOB_UNKNOWN",
                 "only a collected blob may refuse a push"
             );
+        }
+        panic!("{repo}:{tag} could not be pushed in 200 attempts");
+    }
+
+    /// Pushes an image the way thrifty clients do: a blob the repository already has (HEAD
+    /// 200) is not sent again, and a blob `from` has is mounted rather than uploaded. Each
+    /// attempt that a collected blob refuses is retried from the top. Counts what happened in
+    /// `stats`, so that a run can say which race windows it actually hit.
+    pub async fn push_image_thrifty(
+        &self,
+        repo: &str,
+        from: &str,
+        tag: &str,
+        img: &images::Image,
+        stats: &PushStats,
+    ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        'attempt: for _ in 0..200 {
+            let mut trusted_the_registry = false;
+            for blob in &img.blobs {
+                let d = sha256(blob);
+                if self.head(&format!("/v2/{repo}/blobs/{d}")).await.status() == StatusCode::OK {
+                    stats.skipped_after_head.fetch_add(1, Relaxed);
+                    trusted_the_registry = true;
+                    continue;
+                }
+                let r = self
+                    .req(
+                        Method::POST,
+                        &format!("/v2/{repo}/blobs/uploads/?mount={d}&from={from}"),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+                match r.status() {
+                    StatusCode::CREATED => {
+                        stats.mounted.fetch_add(1, Relaxed);
+                        trusted_the_registry = true;
+                    }
+                    StatusCode::ACCEPTED => {
+                        stats.mount_fell_back.fetch_add(1, Relaxed);
+                        let loc = r.headers()["location"].to_str().unwrap().to_string();
+                        let r = self
+                            .req(Method::PUT, &with_query(&loc, &format!("digest={d}")))
+                            .body(blob.clone())
+                            .send()
+                            .await
+                            .unwrap();
+                        assert_eq!(r.status(), StatusCode::CREATED);
+                    }
+                    other => panic!("mount answered {other}"),
+                }
+            }
+            let manifests = img
+                .children
+                .iter()
+                .map(|(mt, body)| (mt.as_str(), sha256(body), body))
+                .chain(std::iter::once((
+                    img.media_type.as_str(),
+                    tag.to_string(),
+                    &img.manifest,
+                )));
+            for (mt, reference, body) in manifests {
+                let r = self.put_manifest(repo, &reference, mt, body).await;
+                if r.status() != StatusCode::CREATED {
+                    assert_eq!(
+                        error_code(r).await,
+                        "MANIFEST_BLOB_UNKNOWN",
+                        "only a collected blob may refuse a push"
+                    );
+                    stats.refused.fetch_add(1, Relaxed);
+                    if trusted_the_registry {
+                        stats.refused_after_skip_or_mount.fetch_add(1, Relaxed);
+                    }
+                    continue 'attempt;
+                }
+            }
+            return;
         }
         panic!("{repo}:{tag} could not be pushed in 200 attempts");
     }
