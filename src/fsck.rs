@@ -27,6 +27,19 @@ pub struct FsckReport {
     pub size_mismatch: Vec<ReportBlob>,
     /// Rows GC marked for deletion and has not finished (the next GC run finishes them).
     pub pending_deletion: u64,
+    /// Missing or damaged objects recorded as lost (`--repair`): clients are then told the
+    /// blob is not stored, push it again, and the push restores it.
+    pub marked_lost: u64,
+}
+
+/// What a run may change.
+#[derive(Debug, Clone, Copy)]
+pub struct FsckOptions {
+    /// Delete orphaned objects at least `min_age` old.
+    pub delete_orphans: bool,
+    pub min_age: Duration,
+    /// Record missing and damaged objects as lost (see `FsckReport::marked_lost`).
+    pub repair: bool,
 }
 
 impl FsckReport {
@@ -37,14 +50,17 @@ impl FsckReport {
     }
 }
 
-/// With `delete_orphans`, removes orphans older than `min_age` (younger ones may belong to an
-/// upload committing right now).
+/// Compares storage with the database, and changes what `opts` allow.
 pub async fn run(
     meta: &MetaStore,
     storage: &dyn BlobStore,
-    delete_orphans: bool,
-    min_age: Duration,
+    opts: FsckOptions,
 ) -> anyhow::Result<FsckReport> {
+    let FsckOptions {
+        delete_orphans,
+        min_age,
+        repair,
+    } = opts;
     let objects = storage.list_blobs().await?;
     let rows = meta.all_blobs().await?;
     let mut report = FsckReport {
@@ -70,6 +86,24 @@ pub async fn run(
                 size: o.size,
             }),
             Some(_) => {}
+        }
+    }
+    if repair {
+        let damaged = report.missing.iter().chain(&report.size_mismatch);
+        let damaged: Vec<(crate::oci::Digest, u64)> = damaged
+            .filter_map(|b| {
+                let size = rows.iter().find(|r| r.digest.as_str() == b.digest)?.size;
+                Some((b.digest.parse().ok()?, size))
+            })
+            .collect();
+        for (digest, size) in damaged {
+            // Confirmed under the row lock: an upload may have restored it since the listing.
+            let still_lost =
+                || async { !matches!(storage.blob_stat(&digest).await, Ok(Some(s)) if s == size) };
+            if meta.mark_lost(&digest, still_lost).await? {
+                tracing::warn!(%digest, "recorded as lost: the next push of this blob restores it");
+                report.marked_lost += 1;
+            }
         }
     }
     for o in &objects {

@@ -63,6 +63,10 @@ enum Command {
         /// Delete orphaned objects older than an hour.
         #[arg(long)]
         delete_orphans: bool,
+        /// Record blobs whose object is missing or damaged as lost: clients are then told the
+        /// blob is not stored and push it again, which restores it.
+        #[arg(long)]
+        repair: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -111,8 +115,9 @@ fn main() -> ExitCode {
         } => runtime().and_then(|rt| rt.block_on(usage(&config, &namespace, top, &format))),
         Command::Fsck {
             delete_orphans,
+            repair,
             json,
-        } => runtime().and_then(|rt| rt.block_on(fsck(&config, delete_orphans, json))),
+        } => runtime().and_then(|rt| rt.block_on(fsck(&config, delete_orphans, repair, json))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -180,10 +185,19 @@ async fn usage(config: &Config, namespace: &str, top: u32, format: &str) -> anyh
     Ok(())
 }
 
-async fn fsck(config: &Config, delete_orphans: bool, json: bool) -> anyhow::Result<()> {
+async fn fsck(
+    config: &Config,
+    delete_orphans: bool,
+    repair: bool,
+    json: bool,
+) -> anyhow::Result<()> {
     let registry = wharf::open_registry(config).await?;
     let report = registry
-        .fsck(delete_orphans, std::time::Duration::from_secs(3600))
+        .fsck_with(wharf::fsck::FsckOptions {
+            delete_orphans,
+            min_age: std::time::Duration::from_secs(3600),
+            repair,
+        })
         .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -198,19 +212,21 @@ async fn fsck(config: &Config, delete_orphans: bool, json: bool) -> anyhow::Resu
             println!("SIZE    {} (object has {} bytes)", b.digest, b.size);
         }
         println!(
-            "{} objects, {} rows: {} orphans ({} deleted), {} missing, {} size mismatches, {} pending GC deletion",
+            "{} objects, {} rows: {} orphans ({} deleted), {} missing, {} size mismatches ({} recorded as lost), {} pending GC deletion",
             report.objects,
             report.rows,
             report.orphans.len(),
             report.orphans_deleted,
             report.missing.len(),
             report.size_mismatch.len(),
+            report.marked_lost,
             report.pending_deletion
         );
     }
     anyhow::ensure!(
         report.missing.is_empty() && report.size_mismatch.is_empty(),
-        "storage and database disagree: objects are missing or damaged (see above)"
+        "storage and database disagree: objects are missing or damaged (see above). \
+         Run `wharf fsck --repair` so that clients push them again, or push the images again"
     );
     Ok(())
 }

@@ -21,6 +21,7 @@ backend_tests!(
     duplicate_upload_refreshing_a_link_against_gc,
     fsck_orphan_deletion_against_an_upload,
     pushing_again_restores_a_lost_object,
+    fsck_repair_makes_clients_push_a_lost_blob_again,
 );
 
 /// PostgreSQL tests optionally run at another default isolation level (the protocol sets
@@ -307,6 +308,63 @@ async fn pushing_again_restores_a_lost_object(b: Backend) {
     s.client.push_blob(&repo, &data).await;
     assert_blob_served(&s, &repo, &data).await;
     assert_fsck_clean(&s).await;
+}
+
+/// After `fsck --repair` records a lost object, clients that check before they push (HEAD,
+/// mount, manifest PUT) are told the blob is not stored, so they send it again; that push
+/// restores the object and the blob is whole again.
+async fn fsck_repair_makes_clients_push_a_lost_blob_again(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let s = env.start().await;
+    let repo = format!("repair/{}", uuid::Uuid::new_v4().simple());
+    let img = images::single(OCI_MANIFEST, "linux/amd64", &[49], 3000);
+    s.client.push_image(&repo, "v1", &img).await;
+    let lost = &img.blobs[1];
+    let digest = sha256(lost);
+    env.remove_raw_blob(&digest).await;
+
+    let opts = wharf::fsck::FsckOptions {
+        delete_orphans: false,
+        min_age: Duration::ZERO,
+        repair: true,
+    };
+    let r = s.registry.fsck_with(opts).await.unwrap();
+    assert_eq!((r.missing.len(), r.marked_lost), (1, 1), "{r:?}");
+    let head = s.client.head(&format!("/v2/{repo}/blobs/{digest}")).await;
+    assert_eq!(head.status(), 404, "a lost blob must not look stored");
+    let again = s
+        .client
+        .put_manifest(&repo, "v2", &img.media_type, &img.manifest)
+        .await;
+    assert_eq!(
+        again.status(),
+        400,
+        "a manifest must not be accepted over a lost blob"
+    );
+    let mount = s
+        .client
+        .req(
+            reqwest::Method::POST,
+            &format!("/v2/other/{repo}/blobs/uploads/?mount={digest}&from={repo}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mount.status(), 202);
+
+    // The client pushes the image again, as it would after those answers.
+    s.client.push_image(&repo, "v2", &img).await;
+    assert_eq!(
+        s.client
+            .head(&format!("/v2/{repo}/blobs/{digest}"))
+            .await
+            .status(),
+        200
+    );
+    s.client.pull_and_verify(&repo, "v1").await;
+    assert_fsck_clean(&s).await;
+    let r = s.registry.fsck_with(opts).await.unwrap();
+    assert_eq!(r.marked_lost, 0, "{r:?}");
 }
 
 /// GC's phase 2 holds a `deleting` row's lock while it deletes the object. If its database

@@ -54,6 +54,7 @@ impl MetaStore {
         let row = sqlx::query(
             "SELECT b.size FROM blobs b, repositories r
              WHERE r.name = $1 AND b.digest = $2 AND b.status = 'active'
+               AND NOT EXISTS (SELECT 1 FROM lost_blobs l WHERE l.digest = b.digest)
                AND (EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.repository_id = r.id AND rb.blob_digest = b.digest)
                  OR EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.repository_id = r.id AND mb.blob_digest = b.digest))",
         )
@@ -66,10 +67,13 @@ impl MetaStore {
 
     /// Size of `digest` if it is stored anywhere in the registry.
     pub async fn blob_stored(&self, digest: &Digest) -> MetaResult<Option<u64>> {
-        let row = sqlx::query("SELECT size FROM blobs WHERE digest = $1 AND status = 'active'")
-            .bind(digest.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT size FROM blobs b WHERE b.digest = $1 AND b.status = 'active'
+               AND NOT EXISTS (SELECT 1 FROM lost_blobs l WHERE l.digest = b.digest)",
+        )
+        .bind(digest.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| u64_col(&r, "size")).transpose()
     }
 
@@ -87,6 +91,40 @@ impl MetaStore {
                 })
             })
             .collect()
+    }
+
+    /// Records that an active blob's object is missing or damaged (fsck --repair), after
+    /// `still_lost` confirms it under the row's lock (an upload may have restored it since the
+    /// listing). Returns whether it was recorded.
+    pub async fn mark_lost<F, Fut>(&self, digest: &Digest, still_lost: F) -> MetaResult<bool>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let mut tx = self.begin_write().await?;
+        let sql = format!(
+            "SELECT status FROM blobs WHERE digest = $1{}",
+            tx.dialect.lock_update()
+        );
+        let active = sqlx::query(&sql)
+            .bind(digest.as_str())
+            .fetch_optional(tx.conn())
+            .await?
+            .map(|r| r.try_get::<String, _>(0))
+            .transpose()?
+            .is_some_and(|s| s == "active");
+        if !active || !still_lost().await {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO lost_blobs (digest, found_at) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(digest.as_str())
+        .bind(now_ms())
+        .execute(tx.conn())
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Claims `digest` for deleting an orphaned object, if no row (committed or being
@@ -147,7 +185,12 @@ impl MetaStore {
                 continue;
             };
             let status: String = row.try_get(0)?;
-            if status == "active" {
+            let lost = sqlx::query("SELECT 1 FROM lost_blobs WHERE digest = $1")
+                .bind(digest.as_str())
+                .fetch_optional(tx.conn())
+                .await?
+                .is_some();
+            if status == "active" && !lost {
                 // A duplicate upload protects the blob for a full grace period, as the first
                 // did (the row is locked: GC's re-check waits for this commit and sees it).
                 sqlx::query("UPDATE blobs SET created_at = $2 WHERE digest = $1")
@@ -160,8 +203,9 @@ impl MetaStore {
                     needs_object: false,
                 });
             }
-            // GC has committed to deleting this object and may have removed it already; the
-            // upload writes it again, under this row lock, and revives the row.
+            // GC has committed to deleting this object and may have removed it already (or
+            // fsck found it lost); the upload writes it again, under this row lock, and
+            // revives the row.
             sqlx::query("UPDATE blobs SET status = 'active', created_at = $2 WHERE digest = $1")
                 .bind(digest.as_str())
                 .bind(now_ms())
@@ -190,7 +234,9 @@ impl MetaStore {
         // re-check sees a young blob) and protects the blob for a full grace period. If GC
         // marked it first, the re-evaluated `status` no longer matches: nothing is mounted.
         let Some(row) = sqlx::query(
-            "UPDATE blobs SET created_at = $2 WHERE digest = $1 AND status = 'active' RETURNING size",
+            "UPDATE blobs SET created_at = $2 WHERE digest = $1 AND status = 'active'
+               AND NOT EXISTS (SELECT 1 FROM lost_blobs l WHERE l.digest = blobs.digest)
+             RETURNING size",
         )
         .bind(digest.as_str())
         .bind(now_ms())
@@ -287,6 +333,11 @@ impl BlobCommit {
         // Unreferenced until a manifest uses it: GC looks again once the grace period is over.
         self.tx.review_blob(digest, now_ms()).await?;
         self.tx.delete_upload(upload).await?;
+        // The object is in place now (written or checked under the row lock).
+        sqlx::query("DELETE FROM lost_blobs WHERE digest = $1")
+            .bind(digest.as_str())
+            .execute(self.tx.conn())
+            .await?;
         crate::failpoint::hit("upload.linked", digest.as_str()).await;
         self.tx.commit().await
     }

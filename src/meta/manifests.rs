@@ -155,6 +155,7 @@ impl MetaStore {
         // takes them), so that these locks and GC's cannot form a deadlock.
         const BLOBS: &str = "SELECT b.digest, b.size FROM blobs b
              WHERE b.digest IN ({in}) AND b.status = 'active'
+               AND NOT EXISTS (SELECT 1 FROM lost_blobs l WHERE l.digest = b.digest)
                AND (EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.repository_id = $1 AND rb.blob_digest = b.digest)
                  OR EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.repository_id = $1 AND mb.blob_digest = b.digest))
              ORDER BY b.digest";

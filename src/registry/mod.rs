@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
-use crate::fsck::FsckReport;
+use crate::fsck::{FsckOptions, FsckReport};
 use crate::gc::{GcReport, Mode};
 use crate::meta::{
     DeleteOutcome, GcPolicy, ManifestRecord, MetaStore, NewManifest, PutManifestOutcome,
@@ -121,14 +121,24 @@ impl Registry {
         crate::gc::run(&self.meta, self.storage.as_ref(), policy, mode, dry_run).await
     }
 
-    /// Storage compared with the database (see `fsck::run`).
+    /// Storage compared with the database (see `fsck::run`), changing what `opts` allow.
     #[tracing::instrument(skip_all)]
+    pub async fn fsck_with(&self, opts: FsckOptions) -> anyhow::Result<FsckReport> {
+        crate::fsck::run(&self.meta, self.storage.as_ref(), opts).await
+    }
+
+    /// `fsck_with` that repairs nothing and deletes only orphans, when asked.
     pub async fn fsck(
         &self,
         delete_orphans: bool,
         min_age: Duration,
     ) -> anyhow::Result<FsckReport> {
-        crate::fsck::run(&self.meta, self.storage.as_ref(), delete_orphans, min_age).await
+        self.fsck_with(FsckOptions {
+            delete_orphans,
+            min_age,
+            repair: false,
+        })
+        .await
     }
 
     // ---- blobs -------------------------------------------------------------------------
