@@ -384,6 +384,7 @@ async fn torture_concurrent_pushes_deletes_and_gc(b: Backend) {
             ("REGISTRY_GC_DELETEUNTAGGED", "true"),
         ])
         .await;
+    let deadlocks_before = pg_deadlocks(&env).await;
     // Another GC in a separate process, looping.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let gc_thread = {
@@ -530,9 +531,39 @@ async fn torture_concurrent_pushes_deletes_and_gc(b: Backend) {
         "torture: {gc_runs} external GC runs deleting {external_deleted} blobs, {refused} pushes refused and retried, {} blobs stored at the end; thrifty clients: {stats:?}",
         fsck.rows
     );
+    assert_eq!(
+        pg_deadlocks(&env).await,
+        deadlocks_before,
+        "PostgreSQL detected a deadlock during the run"
+    );
     use std::sync::atomic::Ordering::Relaxed;
     assert!(
         stats.skipped_after_head.load(Relaxed) > 0 && stats.mounted.load(Relaxed) > 0,
         "the thrifty clients never skipped or mounted: the run did not exercise those paths"
     );
+}
+
+/// Deadlocks PostgreSQL detected in the test's database so far (None on SQLite).
+async fn pg_deadlocks(env: &TestEnv) -> Option<i64> {
+    if env.backend == Backend::SqliteFs {
+        return None;
+    }
+    let (client, conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // Backends report to the statistics when idle, at most once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    client
+        .execute("SELECT pg_stat_clear_snapshot()", &[])
+        .await
+        .unwrap();
+    let row = client
+        .query_one(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap();
+    Some(row.get(0))
 }
