@@ -26,6 +26,66 @@ pub struct Config {
     pub storage: StorageConfig,
     pub database: DatabaseConfig,
     pub gc: GcConfig,
+    /// Access control; without it, the registry is open (anyone may push and delete).
+    pub auth: AuthConfig,
+}
+
+/// `auth`: one way to authenticate (`htpasswd` or `token`, as Distribution's), and with
+/// htpasswd an optional `policy` of who may do what where.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub htpasswd: Option<HtpasswdConfig>,
+    pub token: Option<TokenConfig>,
+    pub policy: Option<PolicyConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HtpasswdConfig {
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    pub path: PathBuf,
+}
+
+fn default_realm() -> String {
+    "wharf".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The token service's URL, sent to clients in the `WWW-Authenticate` challenge.
+    pub realm: String,
+    /// This registry's name: tokens must carry it in `aud`.
+    pub service: String,
+    /// Tokens must carry it in `iss`.
+    pub issuer: String,
+    /// PEM certificates whose keys sign tokens.
+    pub rootcertbundle: Option<PathBuf>,
+    /// Or a JWK set file with those keys.
+    pub jwks: Option<PathBuf>,
+}
+
+/// `auth.policy` (see `auth::policy`): groups and grants.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Group name → member user names.
+    pub groups: std::collections::HashMap<String, Vec<String>>,
+    pub grants: Vec<GrantConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantConfig {
+    /// `alice`, `group:devs`, `*` (any authenticated user), `anonymous`.
+    pub who: Vec<String>,
+    /// Repository name patterns (`team/*`, `*/public/**`); every repository when absent.
+    #[serde(default)]
+    pub repositories: Vec<String>,
+    /// `pull`, `push`, `delete`, `admin`.
+    pub actions: Vec<String>,
 }
 
 /// Online garbage collection (see docs/gc.md).

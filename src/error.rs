@@ -12,6 +12,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use crate::auth::Denial;
 use crate::meta::MetaError;
 use crate::oci::upload_range;
 use crate::storage::{StorageError, StorageErrorKind};
@@ -47,6 +48,9 @@ pub enum Error {
     RangeInvalid { message: String, offset: u64 },
     #[error("{0}")]
     Denied(String),
+    /// 401 with the challenge a client answers with credentials.
+    #[error("{message}")]
+    Unauthorized { challenge: String, message: String },
     /// A request that would break what is stored (e.g. deleting a manifest an index needs).
     #[error("{0}")]
     Conflict(String),
@@ -90,6 +94,7 @@ impl Error {
             Error::NameUnknown(_) | Error::NoRoute(_) => "NAME_UNKNOWN",
             Error::SizeInvalid(_) | Error::TooLarge(_) => "SIZE_INVALID",
             Error::Denied(_) | Error::Conflict(_) => "DENIED",
+            Error::Unauthorized { .. } => "UNAUTHORIZED",
             Error::Unsupported(_) | Error::MethodNotAllowed => "UNSUPPORTED",
             Error::Unavailable(_) | Error::StorageFull(_) => "UNAVAILABLE",
             Error::Internal(_) => "UNKNOWN",
@@ -115,6 +120,7 @@ impl ResponseError for Error {
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::RangeInvalid { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Error::Denied(_) => StatusCode::FORBIDDEN,
+            Error::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -136,6 +142,11 @@ impl ResponseError for Error {
             resp.insert_header((header::RANGE, upload_range(*offset)));
         }
         match self {
+            Error::Unauthorized { challenge, .. } => {
+                if let Ok(v) = HeaderValue::from_str(challenge) {
+                    resp.insert_header((header::WWW_AUTHENTICATE, v));
+                }
+            }
             Error::Unavailable(msg) => {
                 tracing::warn!(error = %msg, "answered 503: retryable");
                 resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
@@ -147,6 +158,17 @@ impl ResponseError for Error {
             json!({"errors": [{"code": self.code(), "message": self.to_string(), "detail": null}]})
                 .to_string(),
         )
+    }
+}
+
+impl From<Denial> for Error {
+    fn from(d: Denial) -> Self {
+        match d {
+            Denial::Unauthorized { challenge, message } => {
+                Error::Unauthorized { challenge, message }
+            }
+            Denial::Forbidden(msg) => Error::Denied(msg),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! collection and usage reporting are SQL queries rather than storage walks.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod failpoint;
@@ -38,17 +39,42 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
     ))
 }
 
+/// What the HTTP server needs besides the registry, from the configuration.
+pub struct ServerOptions {
+    pub access: api::AccessControl,
+    pub gc: config::GcConfig,
+    /// Worker threads; 0 means one per CPU.
+    pub workers: usize,
+    pub access_log: bool,
+}
+
+impl ServerOptions {
+    /// The options `config` describes (reads the htpasswd file or token keys it names).
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        Ok(ServerOptions {
+            access: api::AccessControl(auth::Auth::from_config(&config.auth)?),
+            gc: config.gc.clone(),
+            workers: config.http.workers,
+            access_log: config.log.accesslog,
+        })
+    }
+}
+
 /// Builds the HTTP server on an already bound listener (tests bind port 0).
 pub fn http_server(
     registry: Arc<Registry>,
+    options: ServerOptions,
     listener: TcpListener,
-    workers: usize,
-    access_log: bool,
 ) -> anyhow::Result<Server> {
     let data = web::Data::from(registry);
+    let access = web::Data::new(options.access);
+    let gc = web::Data::new(options.gc);
+    let (workers, access_log) = (options.workers, options.access_log);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(access.clone())
+            .app_data(gc.clone())
             .wrap(actix_web::middleware::Condition::new(
                 access_log,
                 actix_web::middleware::from_fn(access_log_mw),

@@ -233,6 +233,7 @@ async fn fsck(
 
 fn serve(config: Config) -> anyhow::Result<()> {
     actix_web::rt::System::new().block_on(async move {
+        let options = wharf::ServerOptions::from_config(&config)?;
         let registry = Arc::new(wharf::open_registry(&config).await?);
         let listener = TcpListener::bind(&config.http.addr).with_context(|| {
             format!(
@@ -250,7 +251,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         if config.gc.enabled {
             wharf::gc::spawn(registry.clone(), config.gc.clone());
         }
-        let server = wharf::http_server(registry, listener, config.http.workers, config.log.accesslog)?;
+        let server = wharf::http_server(registry, options, listener)?;
         server.await.context("HTTP server failed")
     })
 }

@@ -158,6 +158,7 @@ pub async fn start_upload(
     body: web::Payload,
     reg: &Registry,
     name: &RepoName,
+    allowed: &super::Allowed<'_>,
 ) -> Result<HttpResponse> {
     let q = query(req)?;
     if let Some(mount) = q.get("mount") {
@@ -166,10 +167,17 @@ pub async fn start_upload(
             Some(f) => Some(f.parse::<RepoName>().map_err(Error::NameInvalid)?),
             None => None,
         };
-        if reg
-            .mount_blob(name, &digest, from.as_ref())
-            .await?
-            .is_some()
+        // Mounting from a repository needs pull there; a mount without `from` may take any
+        // stored blob, which only a caller who may pull everywhere could find out about.
+        let may_mount = match &from {
+            Some(source) => allowed.may_pull(source),
+            None => allowed.sees_whole_catalog(),
+        };
+        if may_mount
+            && reg
+                .mount_blob(name, &digest, from.as_ref())
+                .await?
+                .is_some()
         {
             return Ok(created_blob(name, &digest));
         }

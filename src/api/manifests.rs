@@ -143,9 +143,37 @@ pub async fn tags(req: &HttpRequest, reg: &Registry, name: &RepoName) -> Result<
     ))
 }
 
-pub async fn catalog(req: &HttpRequest, reg: &Registry) -> Result<HttpResponse> {
+/// The catalog: every repository, or (with an access policy) those the caller may pull.
+pub async fn catalog(
+    req: &HttpRequest,
+    reg: &Registry,
+    allowed: &super::Allowed<'_>,
+) -> Result<HttpResponse> {
     let (repos, link) = page(req, |last, n| async move {
-        reg.catalog(last.as_deref(), n).await
+        if allowed.sees_whole_catalog() {
+            return reg.catalog(last.as_deref(), n).await;
+        }
+        // Filtered page by page until `n` names pass (or the catalog ends).
+        const BATCH: u32 = 500;
+        let mut out = Vec::new();
+        let mut after = last;
+        loop {
+            let batch = reg.catalog(after.as_deref(), Some(BATCH)).await?;
+            let done = (batch.len() as u32) < BATCH;
+            after = batch.last().cloned();
+            for name in batch {
+                let visible = name.parse::<RepoName>().is_ok_and(|r| allowed.may_pull(&r));
+                if visible {
+                    out.push(name);
+                }
+                if n.is_some_and(|n| out.len() as u32 >= n) {
+                    return Ok(out);
+                }
+            }
+            if done {
+                return Ok(out);
+            }
+        }
     })
     .await?;
     Ok(json_with_link(json!({"repositories": repos}), link))

@@ -6,14 +6,63 @@ mod manifests;
 pub mod routes;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use actix_web::http::{Method, header};
 use actix_web::middleware::DefaultHeaders;
 use actix_web::{HttpRequest, HttpResponse, web};
 
+use crate::auth::{Auth, Caller, Need};
+use crate::config::GcConfig;
 use crate::error::{Error, Result};
 use crate::registry::Registry;
 use routes::Route;
+
+/// The access control the server enforces (None: an open registry).
+#[derive(Clone, Default)]
+pub struct AccessControl(pub Option<Arc<Auth>>);
+
+/// A request that was let through, and by whom: handlers ask it about further access (the
+/// source of a mount, the entries of the catalog).
+pub struct Allowed<'a> {
+    auth: Option<&'a Auth>,
+    caller: Caller,
+}
+
+impl Allowed<'_> {
+    pub fn may_pull(&self, repository: &crate::oci::RepoName) -> bool {
+        self.auth
+            .is_none_or(|a| a.may_pull(&self.caller, repository))
+    }
+
+    /// The catalog lists everything (open registry, token with catalog scope, htpasswd
+    /// without a policy) rather than what this caller may pull.
+    pub fn sees_whole_catalog(&self) -> bool {
+        self.auth.is_none_or(|a| a.catalog_unfiltered(&self.caller))
+    }
+}
+
+/// Lets the request through if its caller may do what it needs.
+async fn authorize<'a>(
+    req: &HttpRequest,
+    access: &'a AccessControl,
+    need: &Need,
+) -> Result<Allowed<'a>> {
+    let Some(auth) = access.0.as_deref() else {
+        return Ok(Allowed {
+            auth: None,
+            caller: Caller::Anonymous,
+        });
+    };
+    let caller = auth
+        .caller(header_str(req, header::AUTHORIZATION), need)
+        .await?;
+    auth.check(&caller, need)?;
+    Ok(Allowed {
+        auth: Some(auth),
+        caller,
+    })
+}
 
 pub const API_VERSION_HEADER: &str = "Docker-Distribution-API-Version";
 pub const DIGEST_HEADER: &str = "Docker-Content-Digest";
@@ -24,6 +73,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/healthz").to(healthz))
         .service(web::resource("/readyz").to(readyz))
         .service(web::resource("/admin/usage").route(web::get().to(usage)))
+        .service(web::resource("/admin/gc").route(web::post().to(admin_gc)))
         .service(web::resource("/v2").to(dispatch))
         .service(web::resource("/v2/{tail:.*}").to(dispatch));
 }
@@ -59,9 +109,13 @@ async fn readyz(registry: web::Data<Registry>) -> HttpResponse {
         .body(msg)
 }
 
-/// The usage report as JSON (`?namespace=team&top=10`). Not authenticated yet: it reveals
-/// repository names and sizes, the same as the catalog.
-async fn usage(req: HttpRequest, registry: web::Data<Registry>) -> Result<HttpResponse> {
+/// The usage report as JSON (`?namespace=team&top=10`); needs the admin right.
+async fn usage(
+    req: HttpRequest,
+    registry: web::Data<Registry>,
+    access: web::Data<AccessControl>,
+) -> Result<HttpResponse> {
+    authorize(&req, &access, &Need::Admin).await?;
     let q = query(&req)?;
     let namespace = q
         .get("namespace")
@@ -79,6 +133,33 @@ async fn usage(req: HttpRequest, registry: web::Data<Registry>) -> Result<HttpRe
 
 /// The query parameters. Nothing a client sends reaches a database unchecked: a NUL byte (which
 /// PostgreSQL text cannot hold) or a control character is refused here, for every endpoint.
+/// `POST /admin/gc[?dry_run=true]`: one full garbage collection run with the configured
+/// grace period, its report as JSON; needs the admin right.
+async fn admin_gc(
+    req: HttpRequest,
+    registry: web::Data<Registry>,
+    access: web::Data<AccessControl>,
+    gc: web::Data<GcConfig>,
+) -> Result<HttpResponse> {
+    authorize(&req, &access, &Need::Admin).await?;
+    let dry_run = match query(&req)?.get("dry_run").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(Error::Unsupported(format!(
+                "dry_run={other:?}: expected true or false"
+            )));
+        }
+    };
+    let policy = crate::meta::GcPolicy::with_grace(gc.graceperiod, gc.deleteuntagged);
+    let report = registry
+        .collect_garbage(policy, crate::gc::Mode::Full, dry_run)
+        .await
+        .map_err(Error::Internal)?;
+    crate::gc::log_report(&report);
+    Ok(HttpResponse::Ok().json(report))
+}
+
 pub(crate) fn query(req: &HttpRequest) -> Result<HashMap<String, String>> {
     let q = web::Query::<HashMap<String, String>>::from_query(req.query_string())
         .map(web::Query::into_inner)
@@ -100,17 +181,19 @@ async fn dispatch(
     req: HttpRequest,
     body: web::Payload,
     registry: web::Data<Registry>,
+    access: web::Data<AccessControl>,
 ) -> Result<HttpResponse> {
     let tail = req.path().strip_prefix("/v2").unwrap_or_default();
     let tail = tail.strip_prefix('/').unwrap_or(tail);
     let route = routes::parse(tail)?;
-    let reg = registry.get_ref();
     let m = req.method();
+    let allowed = authorize(&req, &access, &route.need(m)).await?;
+    let reg = registry.get_ref();
     match route {
         Route::Base if m == Method::GET || m == Method::HEAD => Ok(HttpResponse::Ok()
             .content_type("application/json")
             .body("{}")),
-        Route::Catalog if m == Method::GET => manifests::catalog(&req, reg).await,
+        Route::Catalog if m == Method::GET => manifests::catalog(&req, reg, &allowed).await,
         Route::Tags(name) if m == Method::GET => manifests::tags(&req, reg, &name).await,
         Route::Manifest(name, reference) => match *m {
             Method::GET => manifests::get(reg, &name, &reference, true).await,
@@ -129,7 +212,7 @@ async fn dispatch(
             _ => Err(Error::MethodNotAllowed),
         },
         Route::UploadStart(name) if m == Method::POST => {
-            blobs::start_upload(&req, body, reg, &name).await
+            blobs::start_upload(&req, body, reg, &name, &allowed).await
         }
         Route::Upload(name, id) => match *m {
             Method::GET => blobs::upload_status(reg, &name, &id).await,

@@ -5,6 +5,9 @@
 
 use percent_encoding::percent_decode_str;
 
+use actix_web::http::Method;
+
+use crate::auth::{Action, Need};
 use crate::error::Error;
 use crate::oci::{Digest, DigestError, Reference, RepoName, UploadId};
 
@@ -29,6 +32,23 @@ pub enum Route {
 }
 
 impl Route {
+    /// What the request needs to be allowed (see `auth`). Pushes need pull as well, as in
+    /// Distribution, so a token service's grants mean the same here.
+    pub fn need(&self, method: &Method) -> Need {
+        let on = |n: &RepoName, actions: &[Action]| Need::Repository(n.clone(), actions.to_vec());
+        match self {
+            Route::Base => Need::Authenticated,
+            Route::Catalog => Need::Catalog,
+            Route::Tags(n) | Route::Referrers(n, _) => on(n, &[Action::Pull]),
+            Route::Manifest(n, _) | Route::Blob(n, _) => match *method {
+                Method::PUT => on(n, &[Action::Pull, Action::Push]),
+                Method::DELETE => on(n, &[Action::Delete]),
+                _ => on(n, &[Action::Pull]),
+            },
+            Route::UploadStart(n) | Route::Upload(n, _) => on(n, &[Action::Pull, Action::Push]),
+        }
+    }
+
     pub fn repository(&self) -> Option<&RepoName> {
         match self {
             Route::Base | Route::Catalog => None,

@@ -388,7 +388,11 @@ impl TestServer {
                     Arc::new(wharf::open_registry(&config).await.expect("open registry"));
                 let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
                 let port = listener.local_addr().unwrap().port();
-                let server = wharf::http_server(registry.clone(), listener, 2, false).unwrap();
+                let mut options =
+                    wharf::ServerOptions::from_config(&config).expect("server options");
+                options.workers = 2;
+                options.access_log = false;
+                let server = wharf::http_server(registry.clone(), options, listener).unwrap();
                 if gc_enabled {
                     wharf::gc::spawn(registry.clone(), gc);
                 }
