@@ -352,6 +352,16 @@ impl TestEnv {
     pub async fn start_with(&self, extra: &[(&str, &str)]) -> TestServer {
         TestServer::start(self.config(extra)).await
     }
+
+    /// A server configured by a YAML file (what env variables cannot say, e.g. a policy)
+    /// plus this test's backend variables.
+    pub async fn start_with_yaml(&self, yaml: &str) -> TestServer {
+        let path = self.dir.path().join("wharf.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let mut env = vec![("REGISTRY_HTTP_ADDR".to_string(), "127.0.0.1:0".to_string())];
+        env.extend(self.env_vars());
+        TestServer::start(Config::load(Some(&path), env).unwrap()).await
+    }
 }
 
 /// Server warnings and errors go to the test's output (shown when a test fails).
@@ -475,6 +485,8 @@ pub struct PushStats {
 pub struct Client {
     pub base: String,
     pub http: reqwest::Client,
+    /// `Authorization` sent with every request.
+    pub auth: Option<String>,
 }
 
 pub async fn error_code(resp: Response) -> String {
@@ -495,7 +507,23 @@ impl Client {
                 .timeout(Duration::from_secs(600))
                 .build()
                 .unwrap(),
+            auth: None,
         }
+    }
+
+    /// The same client sending `Authorization: <value>`.
+    pub fn with_auth(&self, value: &str) -> Client {
+        Client {
+            auth: Some(value.to_string()),
+            ..self.clone()
+        }
+    }
+
+    /// The same client with Basic credentials.
+    pub fn with_basic(&self, user: &str, password: &str) -> Client {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        self.with_auth(&format!("Basic {b}"))
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -507,7 +535,11 @@ impl Client {
     }
 
     pub fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, self.url(path))
+        let r = self.http.request(method, self.url(path));
+        match &self.auth {
+            Some(a) => r.header("Authorization", a),
+            None => r,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Response {
