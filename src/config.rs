@@ -147,6 +147,8 @@ pub struct HttpConfig {
     pub addr: String,
     /// Worker threads serving HTTP; 0 means one per CPU.
     pub workers: usize,
+    /// Serve HTTPS with this certificate and key (PEM).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for HttpConfig {
@@ -154,8 +156,17 @@ impl Default for HttpConfig {
         Self {
             addr: "0.0.0.0:5000".into(),
             workers: 0,
+            tls: None,
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub certificate: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

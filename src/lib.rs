@@ -13,6 +13,7 @@ pub mod meta;
 pub mod oci;
 pub mod registry;
 pub mod storage;
+pub mod tls;
 pub mod usage;
 
 use std::net::TcpListener;
@@ -42,6 +43,8 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
 /// What the HTTP server needs besides the registry, from the configuration.
 pub struct ServerOptions {
     pub access: api::AccessControl,
+    /// HTTPS: the rustls configuration, and its certificate (reloaded on SIGHUP).
+    pub tls: Option<(rustls::ServerConfig, Arc<tls::ReloadingCert>)>,
     pub gc: config::GcConfig,
     /// Worker threads; 0 means one per CPU.
     pub workers: usize,
@@ -51,8 +54,13 @@ pub struct ServerOptions {
 impl ServerOptions {
     /// The options `config` describes (reads the htpasswd file or token keys it names).
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let tls = match &config.http.tls {
+            Some(t) => Some(tls::server_config(&t.certificate, &t.key)?),
+            None => None,
+        };
         Ok(ServerOptions {
             access: api::AccessControl(auth::Auth::from_config(&config.auth)?),
+            tls,
             gc: config.gc.clone(),
             workers: config.http.workers,
             access_log: config.log.accesslog,
@@ -82,10 +90,12 @@ pub fn http_server(
             .wrap(api::default_headers())
             .configure(api::configure)
     })
-    .workers(if workers == 0 { num_cpus() } else { workers })
-    .listen(listener)?
-    .run();
-    Ok(server)
+    .workers(if workers == 0 { num_cpus() } else { workers });
+    let server = match options.tls {
+        Some((tls, _)) => server.listen_rustls_0_23(listener, tls)?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
 }
 
 async fn access_log_mw(

@@ -234,6 +234,17 @@ async fn fsck(
 fn serve(config: Config) -> anyhow::Result<()> {
     actix_web::rt::System::new().block_on(async move {
         let options = wharf::ServerOptions::from_config(&config)?;
+        if let Some((_, cert)) = &options.tls {
+            // SIGHUP reloads the certificate (it is also reloaded when its files change).
+            let cert = cert.clone();
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("cannot listen for SIGHUP")?;
+            actix_web::rt::spawn(async move {
+                while hup.recv().await.is_some() {
+                    cert.reload();
+                }
+            });
+        }
         let registry = Arc::new(wharf::open_registry(&config).await?);
         let listener = TcpListener::bind(&config.http.addr).with_context(|| {
             format!(
