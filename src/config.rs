@@ -318,6 +318,15 @@ impl Default for RedirectConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct MaintenanceConfig {
     pub uploadpurging: UploadPurgingConfig,
+    pub readonly: ReadOnlyConfig,
+}
+
+/// `storage.maintenance.readonly` (Distribution's key): pushes and deletes are refused, reads
+/// go on; the background collector and upload purging pause (GC dry runs still answer).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReadOnlyConfig {
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -61,6 +61,11 @@ pub enum Error {
     NoRoute(String),
     #[error("method not allowed on this endpoint")]
     MethodNotAllowed,
+    /// `storage.maintenance.readonly.enabled`: a write was refused (405, as Distribution).
+    #[error(
+        "the registry is in read-only mode for maintenance; pushes and deletes are refused until it ends"
+    )]
+    ReadOnly,
     /// Retryable: the database or storage is busy or unreachable (503 with Retry-After).
     #[error("the registry is temporarily unavailable; retry shortly ({0})")]
     Unavailable(String),
@@ -95,7 +100,7 @@ impl Error {
             Error::SizeInvalid(_) | Error::TooLarge(_) => "SIZE_INVALID",
             Error::Denied(_) | Error::Conflict(_) => "DENIED",
             Error::Unauthorized { .. } => "UNAUTHORIZED",
-            Error::Unsupported(_) | Error::MethodNotAllowed => "UNSUPPORTED",
+            Error::Unsupported(_) | Error::MethodNotAllowed | Error::ReadOnly => "UNSUPPORTED",
             Error::Unavailable(_) | Error::StorageFull(_) => "UNAVAILABLE",
             Error::Internal(_) => "UNKNOWN",
         }
@@ -122,7 +127,7 @@ impl ResponseError for Error {
             Error::Denied(_) => StatusCode::FORBIDDEN,
             Error::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Error::MethodNotAllowed | Error::ReadOnly => StatusCode::METHOD_NOT_ALLOWED,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

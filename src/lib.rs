@@ -46,6 +46,8 @@ pub struct ServerOptions {
     /// HTTPS: the rustls configuration, and its certificate (reloaded on SIGHUP).
     pub tls: Option<(rustls::ServerConfig, Arc<tls::ReloadingCert>)>,
     pub gc: config::GcConfig,
+    /// `storage.maintenance.readonly.enabled`: refuse every write.
+    pub read_only: bool,
     /// Worker threads; 0 means one per CPU.
     pub workers: usize,
     pub access_log: bool,
@@ -62,6 +64,7 @@ impl ServerOptions {
             access: api::AccessControl(auth::Auth::from_config(&config.auth)?),
             tls,
             gc: config.gc.clone(),
+            read_only: config.storage.maintenance.readonly.enabled,
             workers: config.http.workers,
             access_log: config.log.accesslog,
         })
@@ -76,12 +79,14 @@ pub fn http_server(
 ) -> anyhow::Result<Server> {
     let data = web::Data::from(registry);
     let access = web::Data::new(options.access);
+    let read_only = web::Data::new(api::ReadOnly(options.read_only));
     let gc = web::Data::new(options.gc);
     let (workers, access_log) = (options.workers, options.access_log);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .app_data(access.clone())
+            .app_data(read_only.clone())
             .app_data(gc.clone())
             .wrap(actix_web::middleware::Condition::new(
                 access_log,
@@ -126,6 +131,10 @@ fn num_cpus() -> usize {
 pub fn spawn_maintenance(registry: Arc<Registry>, config: &Config) {
     let purge = config.storage.maintenance.uploadpurging.clone();
     if !purge.enabled {
+        return;
+    }
+    if config.storage.maintenance.readonly.enabled {
+        tracing::info!("read-only mode: upload purging is paused");
         return;
     }
     tokio::spawn(async move {

@@ -259,7 +259,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
             "wharf is serving"
         );
         wharf::spawn_maintenance(registry.clone(), &config);
-        if config.gc.enabled {
+        if config.gc.enabled && config.storage.maintenance.readonly.enabled {
+            tracing::info!("read-only mode: the background garbage collector is paused");
+        } else if config.gc.enabled {
             wharf::gc::spawn(registry.clone(), config.gc.clone());
         }
         let server = wharf::http_server(registry, options, listener)?;

@@ -14,6 +14,7 @@ backend_tests!(
     control_characters_never_reach_the_database,
     descriptor_sizes_must_match_what_is_stored,
     malformed_content_range_leaves_the_upload_alone,
+    read_only_mode_serves_reads_and_refuses_writes,
 );
 
 async fn missing_object_behind_a_row_is_counted(b: Backend) {
@@ -331,4 +332,70 @@ fn walk_size(dir: &std::path::Path) -> u64 {
         };
     }
     total
+}
+
+/// `storage.maintenance.readonly.enabled`: reads and GC dry runs go on; every write is 405
+/// with an OCI error saying the registry is read-only.
+async fn read_only_mode_serves_reads_and_refuses_writes(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let img = images::single(OCI_MANIFEST, "linux/amd64", &[71], 800);
+    let s = env.start().await;
+    s.client.push_image("ro/app", "v1", &img).await;
+    s.stop().await;
+
+    let s = env
+        .start_with(&[("REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED", "true")])
+        .await;
+    s.client.pull_and_verify("ro/app", "v1").await;
+    assert_eq!(s.client.get("/v2/ro/app/tags/list").await.status(), 200);
+    let layer = sha256(&img.blobs[1]);
+    let d = img.digest();
+    let writes = [
+        (
+            Method::PUT,
+            "/v2/ro/app/manifests/v2".to_string(),
+            img.manifest.clone(),
+        ),
+        (
+            Method::POST,
+            "/v2/ro/app/blobs/uploads/".to_string(),
+            vec![],
+        ),
+        (
+            Method::POST,
+            format!("/v2/ro/app/blobs/uploads/?digest={layer}"),
+            img.blobs[1].clone(),
+        ),
+        (Method::DELETE, format!("/v2/ro/app/manifests/{d}"), vec![]),
+        (Method::DELETE, format!("/v2/ro/app/blobs/{layer}"), vec![]),
+        (Method::POST, "/admin/gc".to_string(), vec![]),
+    ];
+    for (m, path, body) in writes {
+        let r = s
+            .client
+            .req(m.clone(), &path)
+            .header("Content-Type", OCI_MANIFEST)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{m} {path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["errors"][0]["code"], "UNSUPPORTED", "{m} {path}");
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("read-only"),
+            "{body}"
+        );
+    }
+    let r = s
+        .client
+        .req(Method::POST, "/admin/gc?dry_run=true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    s.client.pull_and_verify("ro/app", "v1").await;
 }

@@ -18,6 +18,17 @@ use crate::error::{Error, Result};
 use crate::registry::Registry;
 use routes::Route;
 
+/// `storage.maintenance.readonly.enabled`.
+#[derive(Clone, Copy, Default)]
+pub struct ReadOnly(pub bool);
+
+fn refuse_writes(read_only: &ReadOnly, method: &Method) -> Result<()> {
+    if read_only.0 && !matches!(*method, Method::GET | Method::HEAD) {
+        return Err(Error::ReadOnly);
+    }
+    Ok(())
+}
+
 /// The access control the server enforces (None: an open registry).
 #[derive(Clone, Default)]
 pub struct AccessControl(pub Option<Arc<Auth>>);
@@ -140,6 +151,7 @@ async fn admin_gc(
     registry: web::Data<Registry>,
     access: web::Data<AccessControl>,
     gc: web::Data<GcConfig>,
+    read_only: web::Data<ReadOnly>,
 ) -> Result<HttpResponse> {
     authorize(&req, &access, &Need::Admin).await?;
     let dry_run = match query(&req)?.get("dry_run").map(String::as_str) {
@@ -151,6 +163,9 @@ async fn admin_gc(
             )));
         }
     };
+    if !dry_run && read_only.0 {
+        return Err(Error::ReadOnly);
+    }
     let policy = crate::meta::GcPolicy::with_grace(gc.graceperiod, gc.deleteuntagged);
     let report = registry
         .collect_garbage(policy, crate::gc::Mode::Full, dry_run)
@@ -182,12 +197,14 @@ async fn dispatch(
     body: web::Payload,
     registry: web::Data<Registry>,
     access: web::Data<AccessControl>,
+    read_only: web::Data<ReadOnly>,
 ) -> Result<HttpResponse> {
     let tail = req.path().strip_prefix("/v2").unwrap_or_default();
     let tail = tail.strip_prefix('/').unwrap_or(tail);
     let route = routes::parse(tail)?;
     let m = req.method();
     let allowed = authorize(&req, &access, &route.need(m)).await?;
+    refuse_writes(&read_only, m)?;
     let reg = registry.get_ref();
     match route {
         Route::Base if m == Method::GET || m == Method::HEAD => Ok(HttpResponse::Ok()
