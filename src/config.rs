@@ -149,6 +149,10 @@ pub struct HttpConfig {
     pub workers: usize,
     /// Serve HTTPS with this certificate and key (PEM).
     pub tls: Option<TlsConfig>,
+    /// On SIGTERM or SIGINT: stop accepting, and give requests in flight this long to finish
+    /// (Distribution's `http.draintimeout`).
+    #[serde(deserialize_with = "duration")]
+    pub draintimeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -157,6 +161,7 @@ impl Default for HttpConfig {
             addr: "0.0.0.0:5000".into(),
             workers: 0,
             tls: None,
+            draintimeout: Duration::from_secs(60),
         }
     }
 }

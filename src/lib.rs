@@ -51,6 +51,8 @@ pub struct ServerOptions {
     /// Worker threads; 0 means one per CPU.
     pub workers: usize,
     pub access_log: bool,
+    /// How long requests in flight may take to finish when the server stops.
+    pub drain_timeout: std::time::Duration,
 }
 
 impl ServerOptions {
@@ -67,6 +69,7 @@ impl ServerOptions {
             read_only: config.storage.maintenance.readonly.enabled,
             workers: config.http.workers,
             access_log: config.log.accesslog,
+            drain_timeout: config.http.draintimeout,
         })
     }
 }
@@ -88,14 +91,15 @@ pub fn http_server(
             .app_data(access.clone())
             .app_data(read_only.clone())
             .app_data(gc.clone())
-            .wrap(actix_web::middleware::Condition::new(
-                access_log,
-                actix_web::middleware::from_fn(access_log_mw),
-            ))
+            .app_data(web::Data::new(AccessLog(access_log)))
+            .wrap(actix_web::middleware::from_fn(access_log_mw))
             .wrap(api::default_headers())
             .configure(api::configure)
     })
-    .workers(if workers == 0 { num_cpus() } else { workers });
+    .workers(if workers == 0 { num_cpus() } else { workers })
+    .shutdown_timeout(options.drain_timeout.as_secs())
+    // The caller decides what a signal means (see `wharf serve`).
+    .disable_signals();
     let server = match options.tls {
         Some((tls, _)) => server.listen_rustls_0_23(listener, tls)?,
         None => server.listen(listener)?,
@@ -103,23 +107,77 @@ pub fn http_server(
     Ok(server.run())
 }
 
+/// Gives every request an id (the client's `X-Request-Id` when it sent a sane one), returned
+/// in the response and carried by every log line of the request; with `log.accesslog`, logs
+/// one line per request: method, route, repository, status, bytes, duration and user.
 async fn access_log_mw(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    use actix_web::HttpMessage;
+    use actix_web::body::BodySize;
+    use tracing::Instrument;
     let started = std::time::Instant::now();
+    let id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let method = req.method().clone();
-    let path = req.path().to_owned();
-    let res = next.call(req).await?;
-    tracing::info!(
-        target: "wharf::access",
-        %method,
-        path,
-        status = res.status().as_u16(),
-        ms = (started.elapsed().as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
-    );
+    let (route, repository) = api::describe_path(req.path());
+    let bytes_in: u64 = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let access_log = req.app_data::<web::Data<AccessLog>>().is_some_and(|a| a.0);
+    let span = tracing::info_span!("request", id = %id);
+    let mut res = next.call(req).instrument(span).await?;
+    if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&id) {
+        res.headers_mut().insert(
+            actix_web::http::header::HeaderName::from_static(REQUEST_ID_HEADER),
+            v,
+        );
+    }
+    if access_log {
+        let user = res
+            .request()
+            .extensions()
+            .get::<api::CallerName>()
+            .map(|c| c.0.clone());
+        let bytes_out = match res.response().body().size() {
+            BodySize::Sized(n) => n,
+            _ => 0,
+        };
+        tracing::info!(
+            target: "wharf::access",
+            request_id = %id,
+            %method,
+            route,
+            repository = repository.as_deref().unwrap_or(""),
+            status = res.status().as_u16(),
+            bytes_in,
+            bytes_out,
+            ms = (started.elapsed().as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
+            user = user.as_deref().unwrap_or("-"),
+        );
+    }
     Ok(res)
 }
+
+/// The request id header, set on every response.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Whether to log one line per request.
+#[derive(Clone, Copy)]
+struct AccessLog(bool);
 
 fn num_cpus() -> usize {
     std::thread::available_parallelism()

@@ -80,8 +80,10 @@ fn init_logging(config: &Config) {
             config.log.level
         ))
     });
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if config.log.formatter == "json" {
         builder.json().init();
@@ -264,7 +266,30 @@ fn serve(config: Config) -> anyhow::Result<()> {
         } else if config.gc.enabled {
             wharf::gc::spawn(registry.clone(), config.gc.clone());
         }
+        let drain = options.drain_timeout;
         let server = wharf::http_server(registry, options, listener)?;
-        server.await.context("HTTP server failed")
+        let handle = server.handle();
+        actix_web::rt::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) =
+                (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+            else {
+                tracing::error!("cannot listen for SIGTERM/SIGINT; stop wharf with SIGKILL");
+                return;
+            };
+            let which = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            tracing::info!(
+                signal = which,
+                drain_secs = drain.as_secs(),
+                "stopping: no new connections; requests in flight may finish"
+            );
+            handle.stop(true).await;
+        });
+        server.await.context("HTTP server failed")?;
+        tracing::info!("wharf stopped");
+        Ok(())
     })
 }

@@ -15,6 +15,7 @@ backend_tests!(
     sigkill_during_gc_and_pushes,
     two_replicas_share_uploads_and_manifests,
     upload_purging,
+    sigterm_drains_a_push_in_flight,
 );
 
 struct Process {
@@ -35,15 +36,21 @@ async fn spawn(env: &TestEnv) -> Process {
 }
 
 async fn spawn_with(env: &TestEnv, extra: &[(&str, &str)]) -> Process {
+    spawn_logging(env, extra, Stdio::inherit()).await
+}
+
+/// Starts `wharf serve`; `extra` variables win over the defaults; its log goes to `stderr`.
+async fn spawn_logging(env: &TestEnv, extra: &[(&str, &str)], stderr: Stdio) -> Process {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
         .arg("serve")
-        .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
         .env("REGISTRY_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("REGISTRY_HTTP_WORKERS", "2")
         .envs(env.env_vars())
         .env("REGISTRY_LOG_LEVEL", "warn")
+        .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
         .stdout(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("start wharf");
     let client = Client::new(&format!("http://127.0.0.1:{port}"));
@@ -358,4 +365,113 @@ async fn upload_purging(b: Backend) {
         1
     );
     assert_eq!(s.stored_uploads().await, 0);
+}
+
+/// SIGTERM: wharf stops accepting connections at once, lets a PATCH in flight finish (within
+/// `http.draintimeout`), and exits cleanly; the upload is resumable by the next process. Its
+/// log (JSON) has an access line per request, with the request id it returned, and no error.
+async fn sigterm_drains_a_push_in_flight(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let log = env.dir.path().join("wharf.log");
+    let p = spawn_logging(
+        &env,
+        &[
+            ("REGISTRY_HTTP_DRAINTIMEOUT", "30s"),
+            ("REGISTRY_LOG_FORMATTER", "json"),
+            ("REGISTRY_LOG_LEVEL", "info"),
+        ],
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    )
+    .await;
+    let loc = p.client.start_upload("drain/app").await;
+    let data = images::noise(81, 3 << 20);
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let patch = {
+        let (c, loc) = (p.client.clone(), loc.clone());
+        tokio::spawn(async move {
+            let r = c
+                .req(Method::PATCH, &loc)
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.headers().get("x-request-id").cloned())
+        })
+    };
+    tx.send(Ok(bytes::Bytes::copy_from_slice(&data[..1 << 20])))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = p.client.http.get(p.client.url("/v2/")).send().await;
+    assert!(
+        refused.is_err(),
+        "a new connection was accepted after SIGTERM"
+    );
+    tx.send(Ok(bytes::Bytes::copy_from_slice(&data[1 << 20..])))
+        .await
+        .unwrap();
+    drop(tx);
+    let (status, request_id) = patch.await.unwrap();
+    assert_eq!(status, 202, "the PATCH in flight did not finish");
+    let mut p = p;
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "wharf did not exit after draining"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "wharf exited with {exit}");
+
+    let q = spawn(&env).await;
+    let r = q.client.get(&loc).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["range"], format!("0-{}", data.len() - 1));
+    let r = q
+        .client
+        .req(
+            Method::PUT,
+            &with_query(&loc, &format!("digest={}", sha256(&data))),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        !lines.iter().any(|l| l["level"] == "ERROR"),
+        "errors were logged:\n{text}"
+    );
+    let id = request_id
+        .expect("x-request-id")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let access = lines
+        .iter()
+        .find(|l| l["fields"]["request_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("no access line for request {id}:\n{text}"));
+    assert_eq!(access["fields"]["route"], "upload");
+    assert_eq!(access["fields"]["status"], 202);
+    assert_eq!(access["fields"]["repository"], "drain/app");
+    assert_eq!(
+        access["fields"]["bytes_in"], 0,
+        "a streamed body has no Content-Length"
+    );
 }

@@ -10,13 +10,33 @@ use std::sync::Arc;
 
 use actix_web::http::{Method, header};
 use actix_web::middleware::DefaultHeaders;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 
 use crate::auth::{Auth, Caller, Need};
 use crate::config::GcConfig;
 use crate::error::{Error, Result};
 use crate::registry::Registry;
 use routes::Route;
+
+/// The authenticated caller's name, kept in the request's extensions for the access log.
+#[derive(Clone)]
+pub struct CallerName(pub String);
+
+/// What the access log says a request was for: the route's kind and repository.
+pub fn describe_path(path: &str) -> (&'static str, Option<String>) {
+    if path.starts_with("/admin/") {
+        return ("admin", None);
+    }
+    if !path.starts_with("/v2") {
+        return ("other", None);
+    }
+    let tail = path.strip_prefix("/v2").unwrap_or_default();
+    let tail = tail.strip_prefix('/').unwrap_or(tail);
+    match routes::parse(tail) {
+        Ok(r) => (r.kind(), r.repository().map(|n| n.to_string())),
+        Err(_) => ("unknown", None),
+    }
+}
 
 /// `storage.maintenance.readonly.enabled`.
 #[derive(Clone, Copy, Default)]
@@ -68,6 +88,10 @@ async fn authorize<'a>(
     let caller = auth
         .caller(header_str(req, header::AUTHORIZATION), need)
         .await?;
+    if let Some(name) = caller.name() {
+        // For the access log.
+        req.extensions_mut().insert(CallerName(name.to_owned()));
+    }
     auth.check(&caller, need)?;
     Ok(Allowed {
         auth: Some(auth),

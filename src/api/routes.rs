@@ -49,6 +49,20 @@ impl Route {
         }
     }
 
+    /// The route's name in logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Route::Base => "base",
+            Route::Catalog => "catalog",
+            Route::Tags(_) => "tags",
+            Route::Manifest(..) => "manifest",
+            Route::Blob(..) => "blob",
+            Route::UploadStart(_) => "upload_start",
+            Route::Upload(..) => "upload",
+            Route::Referrers(..) => "referrers",
+        }
+    }
+
     pub fn repository(&self) -> Option<&RepoName> {
         match self {
             Route::Base | Route::Catalog => None,
