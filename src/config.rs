@@ -153,6 +153,15 @@ pub struct HttpConfig {
     /// (Distribution's `http.draintimeout`).
     #[serde(deserialize_with = "duration")]
     pub draintimeout: Duration,
+    /// The debug listener (metrics), as Distribution's `http.debug`.
+    pub debug: Option<DebugConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebugConfig {
+    /// e.g. `127.0.0.1:5001`; serves `/metrics`.
+    pub addr: String,
 }
 
 impl Default for HttpConfig {
@@ -162,6 +171,7 @@ impl Default for HttpConfig {
             workers: 0,
             tls: None,
             draintimeout: Duration::from_secs(60),
+            debug: None,
         }
     }
 }

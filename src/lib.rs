@@ -10,6 +10,7 @@ pub mod failpoint;
 pub mod fsck;
 pub mod gc;
 pub mod meta;
+pub mod metrics;
 pub mod oci;
 pub mod registry;
 pub mod storage;
@@ -72,6 +73,33 @@ impl ServerOptions {
             drain_timeout: config.http.draintimeout,
         })
     }
+}
+
+/// The debug listener (`http.debug.addr`): Prometheus metrics at `/metrics`. Keep it off the
+/// public network (docker-compose does not publish it).
+pub fn debug_server(registry: Arc<Registry>, listener: TcpListener) -> anyhow::Result<Server> {
+    let handle = metrics::install();
+    let data = web::Data::from(registry);
+    let server = HttpServer::new(move || {
+        let handle = handle.clone();
+        App::new().app_data(data.clone()).route(
+            "/metrics",
+            web::get().to(move |registry: web::Data<Registry>| {
+                let handle = handle.clone();
+                async move {
+                    registry.report_pool_gauges();
+                    actix_web::HttpResponse::Ok()
+                        .content_type("text/plain; version=0.0.4")
+                        .body(handle.render())
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok(server)
 }
 
 /// Builds the HTTP server on an already bound listener (tests bind port 0).
@@ -146,16 +174,24 @@ async fn access_log_mw(
             v,
         );
     }
+    let bytes_out = match res.response().body().size() {
+        BodySize::Sized(n) => n,
+        _ => 0,
+    };
+    let status = res.status().as_u16().to_string();
+    let method_label = method.as_str().to_owned();
+    ::metrics::counter!(metrics::HTTP_REQUESTS, "route" => route, "method" => method_label.clone(), "status" => status)
+        .increment(1);
+    ::metrics::histogram!(metrics::HTTP_DURATION, "route" => route, "method" => method_label)
+        .record(started.elapsed().as_secs_f64());
+    ::metrics::counter!(metrics::HTTP_BYTES_IN).increment(bytes_in);
+    ::metrics::counter!(metrics::HTTP_BYTES_OUT).increment(bytes_out);
     if access_log {
         let user = res
             .request()
             .extensions()
             .get::<api::CallerName>()
             .map(|c| c.0.clone());
-        let bytes_out = match res.response().body().size() {
-            BodySize::Sized(n) => n,
-            _ => 0,
-        };
         tracing::info!(
             target: "wharf::access",
             request_id = %id,

@@ -235,6 +235,7 @@ async fn fsck(
 
 fn serve(config: Config) -> anyhow::Result<()> {
     actix_web::rt::System::new().block_on(async move {
+        wharf::metrics::install();
         let options = wharf::ServerOptions::from_config(&config)?;
         if let Some((_, cert)) = &options.tls {
             // SIGHUP reloads the certificate (it is also reloaded when its files change).
@@ -260,6 +261,14 @@ fn serve(config: Config) -> anyhow::Result<()> {
             storage = %registry.describe_storage(),
             "wharf is serving"
         );
+        if let Some(debug) = &config.http.debug {
+            let listener = TcpListener::bind(&debug.addr).with_context(|| {
+                format!("cannot listen on http.debug.addr {} (metrics)", debug.addr)
+            })?;
+            let addr = debug.addr.as_str();
+            tracing::info!(addr, "metrics at /metrics on the debug listener");
+            actix_web::rt::spawn(wharf::debug_server(registry.clone(), listener)?);
+        }
         wharf::spawn_maintenance(registry.clone(), &config);
         if config.gc.enabled && config.storage.maintenance.readonly.enabled {
             tracing::info!("read-only mode: the background garbage collector is paused");

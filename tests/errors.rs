@@ -15,6 +15,7 @@ backend_tests!(
     descriptor_sizes_must_match_what_is_stored,
     malformed_content_range_leaves_the_upload_alone,
     read_only_mode_serves_reads_and_refuses_writes,
+    metrics_series_appear_and_move,
 );
 
 async fn missing_object_behind_a_row_is_counted(b: Backend) {
@@ -398,4 +399,102 @@ async fn read_only_mode_serves_reads_and_refuses_writes(b: Backend) {
         .unwrap();
     assert_eq!(r.status(), 200);
     s.client.pull_and_verify("ro/app", "v1").await;
+}
+
+/// The sum of the samples of `name` whose labels include every one of `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .filter(|l| l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `/metrics` on the debug listener: the series operators need appear, and move.
+async fn metrics_series_appear_and_move(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let s = env.start().await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let debug = format!("http://{}", listener.local_addr().unwrap());
+    let server = wharf::debug_server(s.registry.clone(), listener).unwrap();
+    tokio::spawn(server);
+    let scrape = || async {
+        let r = s
+            .client
+            .http
+            .get(format!("{debug}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    };
+
+    let img = images::single(OCI_MANIFEST, "linux/amd64", &[91], 3000);
+    s.client.push_image("metrics/app", "v1", &img).await;
+    s.client.pull_and_verify("metrics/app", "v1").await;
+    s.registry
+        .collect_garbage(
+            wharf::meta::GcPolicy::with_grace(std::time::Duration::ZERO, true),
+            wharf::gc::Mode::Full,
+            false,
+        )
+        .await
+        .unwrap();
+    let before = scrape().await;
+    for series in [
+        "wharf_http_requests_total",
+        "wharf_http_request_duration_seconds_bucket",
+        "wharf_http_received_bytes_total",
+        "wharf_http_sent_bytes_total",
+        "wharf_uploads_in_flight",
+        "wharf_gc_runs_total",
+        "wharf_gc_run_duration_seconds_bucket",
+        "wharf_gc_blobs_deleted_total",
+        "wharf_gc_bytes_freed_total",
+        "wharf_db_pool_connections_in_use",
+        "wharf_db_pool_connections_idle",
+        "wharf_db_write_wait_seconds_bucket",
+        "wharf_storage_operation_duration_seconds_bucket",
+    ] {
+        assert!(before.contains(series), "{series} missing from:\n{before}");
+    }
+    let driver = if b == Backend::PostgresS3 {
+        "s3"
+    } else {
+        "filesystem"
+    };
+    assert!(
+        sample(
+            &before,
+            "wharf_storage_operation_duration_seconds_count",
+            &[&format!("driver=\"{driver}\""), "op=\"upload_append\""]
+        ) > 0.0
+    );
+
+    let blob_gets = |t: &str| {
+        sample(
+            t,
+            "wharf_http_requests_total",
+            &["route=\"blob\"", "method=\"GET\""],
+        )
+    };
+    let sent = |t: &str| sample(t, "wharf_http_sent_bytes_total", &[]);
+    let gc_runs = |t: &str| sample(t, "wharf_gc_runs_total", &["mode=\"dry_run\""]);
+    s.client.pull_and_verify("metrics/app", "v1").await;
+    s.registry
+        .collect_garbage(
+            wharf::meta::GcPolicy::with_grace(std::time::Duration::ZERO, true),
+            wharf::gc::Mode::Full,
+            true,
+        )
+        .await
+        .unwrap();
+    let after = scrape().await;
+    assert!(
+        blob_gets(&after) > blob_gets(&before),
+        "blob GETs did not move"
+    );
+    assert!(sent(&after) > sent(&before), "bytes sent did not move");
+    assert!(gc_runs(&after) > gc_runs(&before), "GC runs did not move");
 }

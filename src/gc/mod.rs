@@ -32,6 +32,15 @@ pub enum Mode {
     Queue,
 }
 
+impl Mode {
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Full => "full",
+            Mode::Queue => "queue",
+        }
+    }
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct GcReport {
     pub mode: Mode,

@@ -205,6 +205,12 @@ impl MetaStore {
         self.dialect
     }
 
+    /// Connections of the pool: (in use, idle).
+    pub fn pool_usage(&self) -> (u32, u32) {
+        let idle = self.pool.num_idle() as u32;
+        (self.pool.size().saturating_sub(idle), idle)
+    }
+
     pub async fn ping(&self) -> MetaResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -215,11 +221,13 @@ impl MetaStore {
     /// time.
     #[tracing::instrument(skip_all)]
     pub async fn begin_write(&self) -> MetaResult<WriteTx> {
+        let started = std::time::Instant::now();
         let gate = match &self.write_gate {
             Some(g) => Some(g.clone().lock_owned().await),
             None => None,
         };
         let tx = self.pool.begin_with(self.dialect.begin_write()).await?;
+        metrics::histogram!(crate::metrics::DB_WRITE_WAIT).record(started.elapsed().as_secs_f64());
         Ok(WriteTx {
             tx,
             dialect: self.dialect,

@@ -94,6 +94,13 @@ impl Registry {
 
     // ---- operations --------------------------------------------------------------------
 
+    /// Samples the database pool into its gauges (at each metrics scrape).
+    pub fn report_pool_gauges(&self) {
+        let (in_use, idle) = self.meta.pool_usage();
+        metrics::gauge!(crate::metrics::DB_POOL_IN_USE).set(in_use as f64);
+        metrics::gauge!(crate::metrics::DB_POOL_IDLE).set(idle as f64);
+    }
+
     /// Whether the database and the storage both answer (storage: and accepts a write).
     #[tracing::instrument(skip_all)]
     pub async fn readiness(&self) -> Readiness {
@@ -118,7 +125,20 @@ impl Registry {
         mode: Mode,
         dry_run: bool,
     ) -> anyhow::Result<GcReport> {
-        crate::gc::run(&self.meta, self.storage.as_ref(), policy, mode, dry_run).await
+        let started = std::time::Instant::now();
+        let result = crate::gc::run(&self.meta, self.storage.as_ref(), policy, mode, dry_run).await;
+        let mode_label = if dry_run { "dry_run" } else { mode.label() };
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!(crate::metrics::GC_RUNS, "mode" => mode_label, "result" => outcome)
+            .increment(1);
+        metrics::histogram!(crate::metrics::GC_DURATION, "mode" => mode_label)
+            .record(started.elapsed().as_secs_f64());
+        if let (Ok(r), false) = (&result, dry_run) {
+            metrics::counter!(crate::metrics::GC_MANIFESTS_DELETED).increment(r.manifests_deleted);
+            metrics::counter!(crate::metrics::GC_BLOBS_DELETED).increment(r.blobs_deleted);
+            metrics::counter!(crate::metrics::GC_BYTES_FREED).increment(r.bytes_freed);
+        }
+        result
     }
 
     /// Storage compared with the database (see `fsck::run`), changing what `opts` allow.
@@ -171,6 +191,7 @@ impl Registry {
                 // The database says the blob is stored and servable: an object missing behind
                 // an active row is lost data, never an ordinary miss.
                 MISSING_OBJECTS.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::metrics::OBJECTS_MISSING).increment(1);
                 tracing::error!(
                     %digest,
                     storage = %self.storage.describe(),

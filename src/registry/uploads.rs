@@ -166,6 +166,7 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        let _in_flight = InFlight::start();
         let (mut writer, mut record) = self.open_upload(repo, id).await?;
         self.append_locked(writer.as_mut(), &mut record, range, body)
             .await?;
@@ -190,6 +191,7 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        let _in_flight = InFlight::start();
         let (mut writer, mut record) = self.open_upload(repo, id).await?;
         self.append_locked(writer.as_mut(), &mut record, range, body)
             .await?;
@@ -319,5 +321,21 @@ impl Registry {
             }
         }
         Ok(purged + stale.len())
+    }
+}
+
+/// Counts an upload request writing to storage (the uploads-in-flight gauge) while it lives.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        metrics::gauge!(crate::metrics::UPLOADS_IN_FLIGHT).increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::UPLOADS_IN_FLIGHT).decrement(1.0);
     }
 }

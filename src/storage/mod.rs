@@ -7,6 +7,7 @@
 
 mod error;
 mod fs;
+mod measured;
 mod s3;
 
 use std::io;
@@ -20,6 +21,7 @@ use futures_util::Stream;
 
 pub use error::{StorageError, StorageErrorKind, StorageResult};
 pub use fs::FsDriver;
+pub use measured::Measured;
 pub use s3::{S3Driver, https_client};
 
 use crate::config::Config;
@@ -125,7 +127,7 @@ pub async fn open(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
                 s3.path_style()
             )
         })?;
-        return Ok(Arc::new(driver));
+        return Ok(Arc::new(Measured::new(driver, "s3")));
     }
     let fs = config.storage.filesystem.clone().unwrap_or_default();
     let driver = FsDriver::new(&fs.rootdirectory).with_context(|| {
@@ -134,5 +136,5 @@ pub async fn open(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
             fs.rootdirectory.display()
         )
     })?;
-    Ok(Arc::new(driver))
+    Ok(Arc::new(Measured::new(driver, "filesystem")))
 }
