@@ -486,9 +486,9 @@ impl Config {
 }
 
 /// Environment variables with a config prefix that are not config keys. Anything else under
-/// the prefixes must name a key: a `REGISTRY_AUTH_*` carried over from Distribution is refused
-/// loudly rather than ignored (ignoring it would run a registry without the auth the operator
-/// asked for).
+/// the prefixes must name a key: a misspelled `REGISTRY_AUTH_*` (or a Distribution key wharf
+/// does not have) is refused loudly rather than ignored (ignoring it could run a registry
+/// without the access control the operator asked for).
 const NOT_CONFIG_KEYS: &[&str] = &["WHARF_CONFIG"];
 
 fn set_path(tree: &mut Value, path: &[String], raw: &str) -> anyhow::Result<()> {
@@ -594,6 +594,24 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn shipped_configs_load() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        Config::load(
+            Some(&dir.join("wharf.yaml")),
+            Vec::<(String, String)>::new(),
+        )
+        .unwrap();
+        let env = vec![(
+            "WHARF_DATABASE_URL".to_string(),
+            "postgres://wharf@postgres/wharf".to_string(),
+        )];
+        let prod = Config::load(Some(&dir.join("production.yaml")), env).unwrap();
+        assert!(prod.auth.htpasswd.is_some() && prod.http.debug.is_some());
+        crate::auth::policy::Policy::new(prod.auth.policy.unwrap()).unwrap();
+    }
+
     use super::*;
 
     #[test]
@@ -656,11 +674,21 @@ mod tests {
         let err = format!("{:#}", Config::load(None, env).unwrap_err());
         assert!(err.contains("address"), "{err}");
         let env = vec![(
-            "REGISTRY_AUTH_HTPASSWD_PATH".to_string(),
+            "REGISTRY_AUTH_HTPASSWD_FILE".to_string(),
             "/auth/htpasswd".to_string(),
         )];
         let err = format!("{:#}", Config::load(None, env).unwrap_err());
-        assert!(err.contains("auth"), "{err}");
+        assert!(err.contains("file"), "{err}");
+        // Distribution's keys for the same thing are wharf's.
+        let env = vec![(
+            "REGISTRY_AUTH_HTPASSWD_PATH".to_string(),
+            "/auth/htpasswd".to_string(),
+        )];
+        let c = Config::load(None, env).unwrap();
+        assert_eq!(
+            c.auth.htpasswd.unwrap().path,
+            std::path::PathBuf::from("/auth/htpasswd")
+        );
     }
 
     #[test]
