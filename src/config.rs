@@ -155,6 +155,51 @@ pub struct HttpConfig {
     pub draintimeout: Duration,
     /// The debug listener (metrics), as Distribution's `http.debug`.
     pub debug: Option<DebugConfig>,
+    pub timeouts: TimeoutsConfig,
+    pub limits: LimitsConfig,
+}
+
+/// How long a slow client may take (so that one cannot hold connections and workers).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// To send a request's line and headers once the connection is open (or the previous
+    /// request ended): after it, 408 and the connection is closed.
+    #[serde(deserialize_with = "duration")]
+    pub readheader: Duration,
+    /// Between two pieces of a request body: a body that stalls longer fails the request (an
+    /// upload stays resumable at its last acknowledged offset).
+    #[serde(deserialize_with = "duration")]
+    pub readbody: Duration,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        Self {
+            readheader: Duration::from_secs(10),
+            readbody: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Upload requests (PATCH, PUT, monolithic POST) writing at once in this process; more
+    /// are answered 429 TOOMANYREQUESTS with Retry-After. 0: no limit.
+    pub concurrentuploads: usize,
+    /// Request line and headers together may be this large; larger is 431. (The HTTP layer
+    /// itself refuses heads over 128 KiB.)
+    pub maxheaderbytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            concurrentuploads: 256,
+            maxheaderbytes: 32 << 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -172,6 +217,8 @@ impl Default for HttpConfig {
             tls: None,
             draintimeout: Duration::from_secs(60),
             debug: None,
+            timeouts: TimeoutsConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }

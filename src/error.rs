@@ -66,6 +66,12 @@ pub enum Error {
         "the registry is in read-only mode for maintenance; pushes and deletes are refused until it ends"
     )]
     ReadOnly,
+    /// The request line and headers are over the configured limit (431).
+    #[error("{0}")]
+    HeadersTooLarge(String),
+    /// This server has as many uploads in progress as it takes (429 with Retry-After).
+    #[error("{0}")]
+    TooManyRequests(String),
     /// Retryable: the database or storage is busy or unreachable (503 with Retry-After).
     #[error("the registry is temporarily unavailable; retry shortly ({0})")]
     Unavailable(String),
@@ -100,8 +106,12 @@ impl Error {
             Error::SizeInvalid(_) | Error::TooLarge(_) => "SIZE_INVALID",
             Error::Denied(_) | Error::Conflict(_) => "DENIED",
             Error::Unauthorized { .. } => "UNAUTHORIZED",
-            Error::Unsupported(_) | Error::MethodNotAllowed | Error::ReadOnly => "UNSUPPORTED",
+            Error::Unsupported(_)
+            | Error::MethodNotAllowed
+            | Error::ReadOnly
+            | Error::HeadersTooLarge(_) => "UNSUPPORTED",
             Error::Unavailable(_) | Error::StorageFull(_) => "UNAVAILABLE",
+            Error::TooManyRequests(_) => "TOOMANYREQUESTS",
             Error::Internal(_) => "UNKNOWN",
         }
     }
@@ -129,6 +139,8 @@ impl ResponseError for Error {
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::MethodNotAllowed | Error::ReadOnly => StatusCode::METHOD_NOT_ALLOWED,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Error::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -157,6 +169,9 @@ impl ResponseError for Error {
                 resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             Error::StorageFull(msg) => tracing::error!(error = %msg, "storage full"),
+            Error::TooManyRequests(_) => {
+                resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
             _ => {}
         }
         resp.content_type("application/json").body(

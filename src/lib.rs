@@ -54,6 +54,8 @@ pub struct ServerOptions {
     pub access_log: bool,
     /// How long requests in flight may take to finish when the server stops.
     pub drain_timeout: std::time::Duration,
+    pub timeouts: config::TimeoutsConfig,
+    pub limits: config::LimitsConfig,
 }
 
 impl ServerOptions {
@@ -71,6 +73,8 @@ impl ServerOptions {
             workers: config.http.workers,
             access_log: config.log.accesslog,
             drain_timeout: config.http.draintimeout,
+            timeouts: config.http.timeouts.clone(),
+            limits: config.http.limits.clone(),
         })
     }
 }
@@ -111,6 +115,11 @@ pub fn http_server(
     let data = web::Data::from(registry);
     let access = web::Data::new(options.access);
     let read_only = web::Data::new(api::ReadOnly(options.read_only));
+    let uploads = web::Data::new(api::UploadLimits::new(
+        options.limits.concurrentuploads,
+        options.timeouts.readbody,
+        options.limits.maxheaderbytes,
+    ));
     let gc = web::Data::new(options.gc);
     let (workers, access_log) = (options.workers, options.access_log);
     let server = HttpServer::new(move || {
@@ -118,6 +127,7 @@ pub fn http_server(
             .app_data(data.clone())
             .app_data(access.clone())
             .app_data(read_only.clone())
+            .app_data(uploads.clone())
             .app_data(gc.clone())
             .app_data(web::Data::new(AccessLog(access_log)))
             .wrap(actix_web::middleware::from_fn(access_log_mw))
@@ -126,6 +136,7 @@ pub fn http_server(
     })
     .workers(if workers == 0 { num_cpus() } else { workers })
     .shutdown_timeout(options.drain_timeout.as_secs())
+    .client_request_timeout(options.timeouts.readheader)
     // The caller decides what a signal means (see `wharf serve`).
     .disable_signals();
     let server = match options.tls {

@@ -498,3 +498,129 @@ async fn metrics_series_appear_and_move(b: Backend) {
     assert!(sent(&after) > sent(&before), "bytes sent did not move");
     assert!(gc_runs(&after) > gc_runs(&before), "GC runs did not move");
 }
+
+/// Slow clients cannot hold the server: a request head trickled in (slowloris) is cut off after
+/// `http.timeouts.readheader`, a body that stalls fails after `http.timeouts.readbody` (the
+/// upload stays where it was), uploads beyond `http.limits.concurrentuploads` get 429, and an
+/// oversized head is refused; other clients are served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_greedy_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::new(Backend::SqliteFs).await;
+    let s = env
+        .start_with(&[
+            ("REGISTRY_HTTP_TIMEOUTS_READHEADER", "1s"),
+            ("REGISTRY_HTTP_TIMEOUTS_READBODY", "1s"),
+            ("REGISTRY_HTTP_LIMITS_CONCURRENTUPLOADS", "1"),
+        ])
+        .await;
+    let addr = s.url.trim_start_matches("http://").to_string();
+
+    // Slowloris: a header line every 300 ms, for up to 6 s.
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut cut_off = false;
+    for i in 0..20 {
+        if conn
+            .write_all(format!("X-Slow-{i}: y\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            cut_off = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(std::time::Duration::from_millis(300), conn.read(&mut buf)).await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                cut_off = true;
+                break;
+            }
+            Ok(Ok(n)) => {
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+                cut_off = true;
+                break;
+            }
+            Err(_) => {}
+        }
+        // Meanwhile everyone else is served.
+        assert_eq!(s.client.get("/v2/").await.status(), 200);
+    }
+    assert!(
+        cut_off,
+        "a trickled request head held its connection for {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+
+    // An oversized request head: over the configured limit (32 KiB by default) it is 431,
+    // far over it the HTTP layer refuses it; either way the server goes on.
+    for size in [40 << 10, 200 << 10] {
+        let r = s
+            .client
+            .req(Method::GET, "/v2/")
+            .header("X-Huge", "a".repeat(size))
+            .send()
+            .await;
+        if let Ok(r) = r {
+            assert_eq!(r.status(), 431, "{size}");
+        }
+    }
+    assert_eq!(s.client.get("/v2/").await.status(), 200);
+
+    // A body that stalls: the request fails, the upload stays at its offset.
+    let loc = s.client.start_upload("slow/app").await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let stalled = {
+        let (c, loc) = (s.client.clone(), loc.clone());
+        tokio::spawn(async move {
+            c.req(Method::PATCH, &loc)
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await
+        })
+    };
+    tx.send(Ok(bytes::Bytes::from(vec![1u8; 100_000])))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // While it holds the only upload place, another upload is told to come back.
+    let other = s.client.start_upload("slow/app").await;
+    let r = s
+        .client
+        .req(Method::PATCH, &other)
+        .body(vec![2u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(error_code(r).await, "TOOMANYREQUESTS");
+    // The stalled body is given up on.
+    match tokio::time::timeout(std::time::Duration::from_secs(10), stalled)
+        .await
+        .expect("the stalled request was never ended")
+        .unwrap()
+    {
+        Ok(r) => assert_eq!(r.status(), 400),
+        Err(_) => {} // the server may close while the client still sends
+    }
+    drop(tx);
+    assert_eq!(s.client.get(&loc).await.headers()["range"], "0-0");
+    // The place is free again.
+    let r = s
+        .client
+        .req(Method::PATCH, &other)
+        .body(vec![2u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+}

@@ -155,7 +155,7 @@ fn digest_param(req: &HttpRequest, key: &str) -> Result<Option<Digest>> {
 
 pub async fn start_upload(
     req: &HttpRequest,
-    body: web::Payload,
+    body: super::Body,
     reg: &Registry,
     name: &RepoName,
     allowed: &super::Allowed<'_>,
@@ -251,7 +251,7 @@ async fn check_chunk(
 
 pub async fn patch_upload(
     req: &HttpRequest,
-    body: web::Payload,
+    body: super::Body,
     reg: &Registry,
     name: &RepoName,
     id: &UploadId,
@@ -263,7 +263,7 @@ pub async fn patch_upload(
 
 pub async fn put_upload(
     req: &HttpRequest,
-    body: web::Payload,
+    body: super::Body,
     reg: &Registry,
     name: &RepoName,
     id: &UploadId,

@@ -32,7 +32,7 @@ pub async fn get(
     }
 }
 
-async fn read_manifest_body(req: &HttpRequest, mut body: web::Payload) -> Result<web::Bytes> {
+async fn read_manifest_body(req: &HttpRequest, mut body: super::Body) -> Result<web::Bytes> {
     let too_large = |n: String| {
         Error::TooLarge(format!(
             "manifest is {n} bytes; the limit is {MAX_MANIFEST_BYTES} bytes (4 MiB)"
@@ -57,7 +57,7 @@ async fn read_manifest_body(req: &HttpRequest, mut body: web::Payload) -> Result
 
 pub async fn put(
     req: &HttpRequest,
-    body: web::Payload,
+    body: super::Body,
     reg: &Registry,
     name: &RepoName,
     reference: &Reference,

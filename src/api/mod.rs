@@ -38,6 +38,80 @@ pub fn describe_path(path: &str) -> (&'static str, Option<String>) {
     }
 }
 
+/// A request body as handlers read it: failing when it stalls (see `UploadLimits`).
+pub(crate) type Body =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = std::result::Result<web::Bytes, String>>>>;
+
+/// What an upload request may use: a place among the concurrent uploads, and how long its
+/// body may stall.
+pub struct UploadLimits {
+    slots: Option<Arc<tokio::sync::Semaphore>>,
+    stall: std::time::Duration,
+    max_header_bytes: usize,
+}
+
+impl UploadLimits {
+    pub fn new(concurrent: usize, stall: std::time::Duration, max_header_bytes: usize) -> Self {
+        UploadLimits {
+            slots: (concurrent > 0).then(|| Arc::new(tokio::sync::Semaphore::new(concurrent))),
+            stall,
+            max_header_bytes,
+        }
+    }
+
+    /// Refuses a request whose line and headers exceed `http.limits.maxheaderbytes`.
+    fn check_head(&self, req: &HttpRequest) -> Result<()> {
+        let size = req.uri().to_string().len()
+            + req
+                .headers()
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                .sum::<usize>();
+        if size > self.max_header_bytes {
+            return Err(Error::HeadersTooLarge(format!(
+                "the request line and headers are {size} bytes; the limit is {} (http.limits.maxheaderbytes)",
+                self.max_header_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// A place for one upload request, or 429.
+    fn admit(&self) -> Result<Option<tokio::sync::OwnedSemaphorePermit>> {
+        match &self.slots {
+            None => Ok(None),
+            Some(s) => s.clone().try_acquire_owned().map(Some).map_err(|_| {
+                Error::TooManyRequests(
+                    "too many uploads in progress on this server; retry shortly".into(),
+                )
+            }),
+        }
+    }
+
+    /// The body, failing when no data arrives for the stall timeout.
+    fn body(&self, payload: web::Payload) -> Body {
+        let stall = self.stall;
+        Box::pin(futures_util::stream::unfold(
+            payload,
+            move |mut p| async move {
+                use futures_util::StreamExt;
+                match tokio::time::timeout(stall, p.next()).await {
+                    Ok(Some(Ok(b))) => Some((Ok(b), p)),
+                    Ok(Some(Err(e))) => Some((Err(e.to_string()), p)),
+                    Ok(None) => None,
+                    Err(_) => Some((
+                        Err(format!(
+                            "no data for {}s (http.timeouts.readbody)",
+                            stall.as_secs()
+                        )),
+                        p,
+                    )),
+                }
+            },
+        ))
+    }
+}
+
 /// `storage.maintenance.readonly.enabled`.
 #[derive(Clone, Copy, Default)]
 pub struct ReadOnly(pub bool);
@@ -222,13 +296,24 @@ async fn dispatch(
     registry: web::Data<Registry>,
     access: web::Data<AccessControl>,
     read_only: web::Data<ReadOnly>,
+    uploads: web::Data<UploadLimits>,
 ) -> Result<HttpResponse> {
+    uploads.check_head(&req)?;
     let tail = req.path().strip_prefix("/v2").unwrap_or_default();
     let tail = tail.strip_prefix('/').unwrap_or(tail);
     let route = routes::parse(tail)?;
     let m = req.method();
     let allowed = authorize(&req, &access, &route.need(m)).await?;
     refuse_writes(&read_only, m)?;
+    // Requests that write upload bytes take a place among the concurrent uploads, and their
+    // bodies may not stall.
+    let writes_bytes = match &route {
+        Route::Upload(..) => matches!(*m, Method::PATCH | Method::PUT),
+        Route::UploadStart(_) => *m == Method::POST && req.query_string().contains("digest="),
+        _ => false,
+    };
+    let _slot = if writes_bytes { uploads.admit()? } else { None };
+    let body = uploads.body(body);
     let reg = registry.get_ref();
     match route {
         Route::Base if m == Method::GET || m == Method::HEAD => Ok(HttpResponse::Ok()
