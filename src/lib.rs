@@ -35,10 +35,27 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
         meta,
         storage,
         Options {
+            replica: replica_id(),
             delete_enabled: config.storage.delete.enabled,
             redirect_enabled: !config.storage.redirect.disable,
         },
     ))
+}
+
+/// This process's name among the replicas: `WHARF_REPLICA` when set (e.g. the pod name), else
+/// the host name and process id.
+pub fn replica_id() -> String {
+    if let Ok(r) = std::env::var("WHARF_REPLICA") {
+        if !r.is_empty() {
+            return r;
+        }
+    }
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "wharf".into());
+    format!("{host}-{}", std::process::id())
 }
 
 /// What the HTTP server needs besides the registry, from the configuration.
@@ -243,9 +260,16 @@ pub fn spawn_maintenance(registry: Arc<Registry>, config: &Config) {
         return;
     }
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(purge.interval.max(std::time::Duration::from_secs(1)));
+        let interval = purge.interval.max(std::time::Duration::from_secs(1));
+        let mut tick = tokio::time::interval(interval);
         loop {
             tick.tick().await;
+            if !registry
+                .lead_job("upload_purging", lease_ttl(interval))
+                .await
+            {
+                continue;
+            }
             match registry.purge_uploads(purge.age, purge.dryrun).await {
                 Ok(0) => {}
                 Ok(n) => {
@@ -255,4 +279,10 @@ pub fn spawn_maintenance(registry: Arc<Registry>, config: &Config) {
             }
         }
     });
+}
+
+/// How long a job's lease lasts: two intervals, so the holder renews it in time and a dead
+/// replica's job passes on within two intervals.
+pub fn lease_ttl(interval: std::time::Duration) -> std::time::Duration {
+    (interval * 2).max(std::time::Duration::from_secs(1))
 }

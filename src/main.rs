@@ -31,7 +31,11 @@ enum Command {
     /// Run the registry.
     Serve,
     /// Apply database migrations and exit (serve applies them too).
-    Migrate,
+    Migrate {
+        /// List applied and pending migrations; change nothing.
+        #[arg(long)]
+        status: bool,
+    },
     /// Collect garbage once, online (the server may keep running): untagged manifests,
     /// unreferenced blob links and blobs older than gc.graceperiod.
     Gc {
@@ -104,7 +108,9 @@ fn main() -> ExitCode {
     init_logging(&config);
     let result = match cli.command {
         Command::Serve => serve(config),
-        Command::Migrate => runtime().and_then(|rt| rt.block_on(migrate(&config))),
+        Command::Migrate { status } => {
+            runtime().and_then(|rt| rt.block_on(migrate(&config, status)))
+        }
         Command::Gc {
             dry_run,
             queue,
@@ -137,7 +143,32 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-async fn migrate(config: &Config) -> anyhow::Result<()> {
+async fn migrate(config: &Config, status: bool) -> anyhow::Result<()> {
+    if status {
+        let s = wharf::meta::migration_status(&config.database.url).await?;
+        for m in &s.applied {
+            let mark = if s.unknown.contains(m) {
+                "applied (unknown to this wharf)"
+            } else {
+                "applied"
+            };
+            println!("V{:<4} {:<32} {mark}", m.version, m.name);
+        }
+        for m in &s.pending {
+            println!("V{:<4} {:<32} pending", m.version, m.name);
+        }
+        println!(
+            "{} applied, {} pending{}",
+            s.applied.len(),
+            s.pending.len(),
+            if s.unknown.is_empty() {
+                String::new()
+            } else {
+                format!(", {} newer than this wharf", s.unknown.len())
+            }
+        );
+        return Ok(());
+    }
     let applied = wharf::meta::migrate(&config.database.url).await?;
     tracing::info!(applied, database = %wharf::config::redact_url(&config.database.url), "migrations up to date");
     Ok(())
@@ -276,6 +307,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             wharf::gc::spawn(registry.clone(), config.gc.clone());
         }
         let drain = options.drain_timeout;
+        let registry_for_jobs = registry.clone();
         let server = wharf::http_server(registry, options, listener)?;
         let handle = server.handle();
         actix_web::rt::spawn(async move {
@@ -298,6 +330,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             handle.stop(true).await;
         });
         server.await.context("HTTP server failed")?;
+        registry_for_jobs.release_jobs().await;
         tracing::info!("wharf stopped");
         Ok(())
     })

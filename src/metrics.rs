@@ -23,6 +23,7 @@ pub const DB_WRITE_WAIT: &str = "wharf_db_write_wait_seconds";
 pub const STORAGE_DURATION: &str = "wharf_storage_operation_duration_seconds";
 pub const STORAGE_ERRORS: &str = "wharf_storage_errors_total";
 pub const OBJECTS_MISSING: &str = "wharf_blob_objects_missing_total";
+pub const JOB_LEASE_HELD: &str = "wharf_job_lease_held";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -99,6 +100,10 @@ fn describe() {
     describe_counter!(
         OBJECTS_MISSING,
         "reads that found a stored blob's object missing (data loss)"
+    );
+    describe_gauge!(
+        JOB_LEASE_HELD,
+        "1 while this replica holds the lease of a background job"
     );
 }
 

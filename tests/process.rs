@@ -16,6 +16,9 @@ backend_tests!(
     two_replicas_share_uploads_and_manifests,
     upload_purging,
     sigterm_drains_a_push_in_flight,
+    replicas_starting_together_all_start,
+    a_newer_schema_is_refused_naming_both_versions,
+    background_jobs_run_on_one_replica_at_a_time,
 );
 
 struct Process {
@@ -474,4 +477,156 @@ async fn sigterm_drains_a_push_in_flight(b: Backend) {
         access["fields"]["bytes_in"], 0,
         "a streamed body has no Content-Length"
     );
+}
+
+/// Eight processes migrating a new database at once, then eight serving it at once: all
+/// succeed (migrations are serialised by a lock; the later ones find nothing to do).
+async fn replicas_starting_together_all_start(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let migrations: Vec<_> = (0..8)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_wharf"))
+                .arg("migrate")
+                .envs(env.env_vars())
+                .env("REGISTRY_LOG_LEVEL", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for m in migrations {
+        let out = m.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "wharf migrate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let fresh = TestEnv::new(b).await;
+    let starting: Vec<_> = (0..8).map(|_| spawn(&fresh)).collect();
+    let replicas = futures_util::future::join_all(starting).await;
+    let img = images::multiarch(OCI_INDEX, 850, &["linux/amd64"], 1, 1000, &[]);
+    replicas[0].client.push_image("many/app", "v1", &img).await;
+    for r in &replicas {
+        r.client.pull_and_verify("many/app", "v1").await;
+    }
+    let status = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["migrate", "--status"])
+        .envs(fresh.env_vars())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains(" 0 pending") || text.contains("applied, 0 pending"),
+        "{text}"
+    );
+}
+
+/// A database migrated by a newer wharf: this one refuses to start, naming both versions, and
+/// `migrate --status` shows what it does not know.
+async fn a_newer_schema_is_refused_naming_both_versions(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .arg("migrate")
+        .envs(env.env_vars())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let future = "INSERT INTO refinery_schema_history (version, name, applied_on, checksum)
+                  SELECT 999, 'from_the_future', applied_on, checksum FROM refinery_schema_history WHERE version = 1";
+    match b {
+        Backend::SqliteFs => {
+            let path = env.db.url.trim_start_matches("sqlite://");
+            rusqlite::Connection::open(path)
+                .unwrap()
+                .execute(future, [])
+                .unwrap();
+        }
+        _ => {
+            let (client, conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client.execute(future, &[]).await.unwrap();
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .arg("serve")
+        .envs(env.env_vars())
+        .env("REGISTRY_HTTP_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "wharf served a schema it does not know"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("version 999") && err.contains("up to 7"),
+        "{err}"
+    );
+    let status = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["migrate", "--status"])
+        .envs(env.env_vars())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("from_the_future") && text.contains("unknown to this wharf"),
+        "{text}"
+    );
+}
+
+fn count_lines(path: &std::path::Path, needle: &str) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// Two replicas with the collector every 100 ms: only the one holding the job's lease runs it;
+/// when it dies (SIGKILL, no goodbye), the lease expires and the other takes the job over.
+async fn background_jobs_run_on_one_replica_at_a_time(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let logs = [env.dir.path().join("a.log"), env.dir.path().join("b.log")];
+    let extra = [
+        ("REGISTRY_GC_INTERVAL", "100ms"),
+        ("REGISTRY_LOG_LEVEL", "info"),
+        ("REGISTRY_LOG_ACCESSLOG", "false"),
+    ];
+    let a = spawn_logging(
+        &env,
+        &extra,
+        Stdio::from(std::fs::File::create(&logs[0]).unwrap()),
+    )
+    .await;
+    let bb = spawn_logging(
+        &env,
+        &extra,
+        Stdio::from(std::fs::File::create(&logs[1]).unwrap()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let runs = |i: usize| count_lines(&logs[i], "garbage collection run");
+    let (ra, rb) = (runs(0), runs(1));
+    assert!(
+        (ra > 0) != (rb > 0),
+        "exactly one replica should collect: {ra} and {rb} runs"
+    );
+    let (leader, other, other_log) = if ra > 0 { (a, bb, 1) } else { (bb, a, 0) };
+    leader.kill9();
+    let before = runs(other_log);
+    let started = Instant::now();
+    while runs(other_log) == before {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the surviving replica never took the job over"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(count_lines(&logs[other_log], "this replica now runs the job") > 0);
+    drop(other);
 }

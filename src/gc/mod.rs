@@ -273,8 +273,13 @@ pub fn spawn(registry: std::sync::Arc<Registry>, config: crate::config::GcConfig
         let mut tick = tokio::time::interval(config.interval.max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_full: Option<Instant> = None;
+        let interval = config.interval.max(Duration::from_millis(10));
         loop {
             tick.tick().await;
+            // One replica at a time collects (the lease passes on if it dies).
+            if !registry.lead_job("gc", crate::lease_ttl(interval)).await {
+                continue;
+            }
             let policy = GcPolicy::with_grace(config.graceperiod, config.deleteuntagged);
             let mode = match last_full {
                 Some(t) if t.elapsed() < config.fullinterval => Mode::Queue,

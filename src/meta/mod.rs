@@ -47,6 +47,7 @@ async fn race_backoff(what: &'static str, attempt: u32, error: &str) {
 mod blobs;
 mod error;
 mod gc;
+mod leases;
 mod manifests;
 mod postgres;
 mod repositories;
@@ -120,12 +121,79 @@ impl Dialect {
     }
 }
 
-/// Applies pending migrations; returns how many were applied.
+/// Applies pending migrations, one process at a time; returns how many were applied.
 pub async fn migrate(url: &str) -> anyhow::Result<usize> {
     match Dialect::of_url(url)? {
         Dialect::Sqlite => sqlite::migrate(url).await,
         Dialect::Postgres => postgres::migrate(url).await,
     }
+}
+
+/// Which migrations the database has, and which this wharf would apply.
+pub async fn migration_status(url: &str) -> anyhow::Result<MigrationStatus> {
+    match Dialect::of_url(url)? {
+        Dialect::Sqlite => sqlite::status(url).await,
+        Dialect::Postgres => postgres::status(url).await,
+    }
+}
+
+/// A migration: version and name (`V3__gc_review_queue` is 3, `gc_review_queue`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationInfo {
+    pub version: u32,
+    pub name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct MigrationStatus {
+    pub applied: Vec<MigrationInfo>,
+    /// Known to this wharf and not applied yet.
+    pub pending: Vec<MigrationInfo>,
+    /// Applied by a newer wharf: this one does not know them.
+    pub unknown: Vec<MigrationInfo>,
+}
+
+impl MigrationStatus {
+    fn new(applied: &[refinery::Migration], known: &[refinery::Migration]) -> Self {
+        let info = |m: &refinery::Migration| MigrationInfo {
+            version: m.version(),
+            name: m.name().to_owned(),
+        };
+        let applied_versions: Vec<u32> = applied.iter().map(|m| m.version()).collect();
+        let known_versions: Vec<u32> = known.iter().map(|m| m.version()).collect();
+        MigrationStatus {
+            applied: applied.iter().map(info).collect(),
+            pending: known
+                .iter()
+                .filter(|m| !applied_versions.contains(&m.version()))
+                .map(info)
+                .collect(),
+            unknown: applied
+                .iter()
+                .filter(|m| !known_versions.contains(&m.version()))
+                .map(info)
+                .collect(),
+        }
+    }
+}
+
+/// A database migrated by a newer wharf may hold what this one cannot read correctly (new
+/// states, new tables it would not maintain): refuse to run against it, naming both versions.
+fn refuse_unknown(
+    applied: &[refinery::Migration],
+    known: &[refinery::Migration],
+) -> anyhow::Result<()> {
+    let status = MigrationStatus::new(applied, known);
+    if let Some(newest) = status.unknown.iter().max_by_key(|m| m.version) {
+        let ours = known.iter().map(|m| m.version()).max().unwrap_or(0);
+        anyhow::bail!(
+            "the database schema is at version {} ({}), applied by a newer wharf; this wharf knows \
+             versions up to {ours}. Run the newer wharf, or restore a backup taken before the upgrade",
+            newest.version,
+            newest.name
+        );
+    }
+    Ok(())
 }
 
 #[derive(Clone)]

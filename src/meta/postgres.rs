@@ -22,10 +22,13 @@ pub const CONNECTION_SETUP: &[&str] =
 pub const LOCK_SHARE: &str = " FOR SHARE";
 pub const LOCK_UPDATE: &str = " FOR UPDATE";
 
-/// Applies pending migrations over a throwaway tokio-postgres connection (refinery has no sqlx
-/// driver).
-pub async fn migrate(url: &str) -> anyhow::Result<usize> {
-    let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+/// The advisory lock every wharf process holds while it migrates (any 64-bit key of ours).
+const MIGRATION_LOCK: i64 = 0x7768_6172_665f_6d67; // "wharf_mg"
+
+async fn connect(
+    url: &str,
+) -> anyhow::Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .with_context(|| {
             format!(
@@ -33,12 +36,69 @@ pub async fn migrate(url: &str) -> anyhow::Result<usize> {
                 crate::config::redact_url(url)
             )
         })?;
-    let conn_task = tokio::spawn(connection);
-    let report = embedded::migrations::runner()
-        .run_async(&mut client)
+    let task = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((client, task))
+}
+
+/// Migrations applied so far (none on a new database).
+async fn applied(
+    runner: &refinery::Runner,
+    client: &mut tokio_postgres::Client,
+) -> anyhow::Result<Vec<refinery::Migration>> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    runner
+        .get_applied_migrations_async(client)
         .await
-        .context("applying PostgreSQL migrations")?;
+        .context("reading the applied PostgreSQL migrations")
+}
+
+/// Applies pending migrations over a throwaway tokio-postgres connection (refinery has no sqlx
+/// driver), holding a PostgreSQL advisory lock: replicas that start together take turns, and
+/// the later ones find nothing to do. Refuses a schema newer than this wharf knows.
+pub async fn migrate(url: &str) -> anyhow::Result<usize> {
+    let (mut client, task) = connect(url).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .context("taking the migration lock")?;
+    let runner = embedded::migrations::runner();
+    let result = async {
+        let applied = applied(&runner, &mut client).await?;
+        super::refuse_unknown(&applied, runner.get_migrations())?;
+        runner
+            .run_async(&mut client)
+            .await
+            .context("applying PostgreSQL migrations")
+    }
+    .await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
     drop(client);
-    let _ = conn_task.await;
-    Ok(report.applied_migrations().len())
+    let _ = task.await;
+    Ok(result?.applied_migrations().len())
+}
+
+/// Applied and known migrations (`wharf migrate --status`).
+pub async fn status(url: &str) -> anyhow::Result<super::MigrationStatus> {
+    let (mut client, task) = connect(url).await?;
+    let runner = embedded::migrations::runner();
+    let applied = applied(&runner, &mut client).await?;
+    drop(client);
+    let _ = task.await;
+    Ok(super::MigrationStatus::new(
+        &applied,
+        runner.get_migrations(),
+    ))
 }

@@ -35,11 +35,15 @@ pub struct Registry {
     meta: MetaStore,
     storage: Arc<dyn BlobStore>,
     options: Options,
+    /// Background jobs whose lease this replica holds.
+    leading: std::sync::Mutex<Vec<&'static str>>,
 }
 
 /// What the configuration decides about the use cases.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
+    /// This process's name among the replicas (job leases, logs, metrics).
+    pub replica: String,
     /// `storage.delete.enabled`
     pub delete_enabled: bool,
     /// Whole-blob GETs may be answered with a redirect to the storage (`storage.redirect`).
@@ -84,6 +88,7 @@ impl Registry {
             meta,
             storage,
             options,
+            leading: Default::default(),
         }
     }
 
@@ -93,6 +98,49 @@ impl Registry {
     }
 
     // ---- operations --------------------------------------------------------------------
+
+    /// Whether this replica may run background job `job` now: it takes (or renews) the job's
+    /// lease for `ttl`. Logs and exports (`wharf_job_lease_held`) when that changes.
+    pub async fn lead_job(&self, job: &'static str, ttl: Duration) -> bool {
+        let held = match self
+            .meta
+            .take_lease(job, &self.options.replica, ttl.as_millis() as i64)
+            .await
+        {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(job, error = %e, "cannot take the job lease; skipping this run");
+                false
+            }
+        };
+        {
+            let mut leading = self.leading.lock().unwrap_or_else(|e| e.into_inner());
+            let was = leading.contains(&job);
+            if held && !was {
+                leading.push(job);
+                tracing::info!(job, replica = %self.options.replica, "this replica now runs the job");
+            } else if !held && was {
+                leading.retain(|j| *j != job);
+                tracing::info!(job, replica = %self.options.replica, "another replica runs the job now");
+            }
+        }
+        metrics::gauge!(crate::metrics::JOB_LEASE_HELD, "job" => job, "replica" => self.options.replica.clone())
+            .set(if held { 1.0 } else { 0.0 });
+        held
+    }
+
+    /// Gives up this replica's job leases (at shutdown), so another replica takes over at once.
+    pub async fn release_jobs(&self) {
+        let jobs: Vec<&'static str> = self
+            .leading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for job in jobs {
+            let _ = self.meta.release_lease(job, &self.options.replica).await;
+        }
+    }
 
     /// Samples the database pool into its gauges (at each metrics scrape).
     pub fn report_pool_gauges(&self) {
