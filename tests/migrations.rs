@@ -105,3 +105,53 @@ fn created_names_are_found() {
     let want: BTreeSet<String> = ["table a", "index b", "view c"].map(String::from).into();
     assert_eq!(created(sql), want);
 }
+
+/// `scripts/check-migrations` (run by .ci/run) passes the shipped migrations and refuses a
+/// destructive one unless it is marked as a contract step.
+#[test]
+fn destructive_migrations_need_a_contract_step() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check-migrations");
+    let run = |dir: &Path| {
+        std::process::Command::new("python3")
+            .arg(&script)
+            .arg(dir)
+            .output()
+            .expect("run python3 scripts/check-migrations")
+    };
+    let shipped = run(&Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"));
+    assert!(
+        shipped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shipped.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("postgres")).unwrap();
+    for (name, sql) in [
+        ("V8__tidy.sql", "ALTER TABLE blobs DROP COLUMN size;"),
+        ("V9__names.sql", "ALTER TABLE tags RENAME TO labels;"),
+        ("V10__gone.sql", "DROP TABLE uploads;"),
+    ] {
+        let path = dir.path().join("postgres").join(name);
+        std::fs::write(&path, sql).unwrap();
+        let out = run(dir.path());
+        assert!(!out.status.success(), "{name} passed the check");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(name));
+        let contract = dir
+            .path()
+            .join("postgres")
+            .join(name.replace("__", "__contract_"));
+        std::fs::rename(&path, &contract).unwrap();
+        assert!(
+            run(dir.path()).status.success(),
+            "{name} as a contract step"
+        );
+    }
+    // Comments do not count.
+    std::fs::write(
+        dir.path().join("postgres/V11__c.sql"),
+        "-- we never DROP TABLE here\nCREATE TABLE x (y INT);",
+    )
+    .unwrap();
+    assert!(run(dir.path()).status.success());
+}

@@ -136,6 +136,25 @@ where
     }
 }
 
+/// A store without ListMultipartUploads (s3s-fs, some gateways).
+fn not_implemented<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+    e.code() == Some("NotImplemented") || e.raw_response().map(|r| r.status().as_u16()) == Some(501)
+}
+
+/// Upload purging then covers what the database knows: every multipart upload wharf starts is
+/// recorded in its upload's state, and stale uploads are aborted from it. Multipart uploads of
+/// requests that died before saving their state cannot be found; said once per process.
+fn multipart_listing_unsupported() {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "this S3 store does not implement ListMultipartUploads: upload purging aborts the \
+             multipart uploads the database records; any started by a request that died before \
+             saving its state stay until the bucket's lifecycle rules remove them"
+        );
+    }
+}
+
 fn is_not_found<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
     if matches!(e.code(), Some("NoSuchKey" | "NotFound" | "NoSuchUpload")) {
         return true;
@@ -666,7 +685,7 @@ impl BlobStore for S3Driver {
         let mut key_marker = None;
         let mut id_marker = None;
         loop {
-            let out = self
+            let out = match self
                 .client
                 .list_multipart_uploads()
                 .bucket(&self.bucket)
@@ -675,7 +694,14 @@ impl BlobStore for S3Driver {
                 .set_upload_id_marker(id_marker)
                 .send()
                 .await
-                .map_err(|e| s3_err("ListMultipartUploads", e))?;
+            {
+                Ok(out) => out,
+                Err(e) if not_implemented(&e) => {
+                    multipart_listing_unsupported();
+                    break;
+                }
+                Err(e) => return Err(s3_err("ListMultipartUploads", e)),
+            };
             for u in out.uploads() {
                 if let Some(id) = u
                     .key()
@@ -709,14 +735,21 @@ impl BlobStore for S3Driver {
     /// Aborts every multipart upload under an upload's prefix and deletes its objects (for
     /// uploads the database no longer knows).
     async fn purge_upload(&self, id: &UploadId) -> StorageResult<()> {
-        let out = self
+        let out = match self
             .client
             .list_multipart_uploads()
             .bucket(&self.bucket)
             .prefix(self.upload_prefix(id.as_str()))
             .send()
             .await
-            .map_err(|e| s3_err("ListMultipartUploads", e))?;
+        {
+            Ok(out) => out,
+            Err(e) if not_implemented(&e) => {
+                multipart_listing_unsupported();
+                return self.delete_prefix(&self.upload_prefix(id.as_str())).await;
+            }
+            Err(e) => return Err(s3_err("ListMultipartUploads", e)),
+        };
         for u in out.uploads() {
             if let (Some(key), Some(upload_id)) = (u.key(), u.upload_id()) {
                 let _ = self
