@@ -195,6 +195,7 @@ async fn access_log_mw(
         .unwrap_or(0);
     let access_log = req.app_data::<web::Data<AccessLog>>().is_some_and(|a| a.0);
     let span = tracing::info_span!("request", id = %id);
+    let guard = InFlight::start();
     let mut res = next.call(req).instrument(span).await?;
     if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&id) {
         res.headers_mut().insert(
@@ -233,7 +234,55 @@ async fn access_log_mw(
             user = user.as_deref().unwrap_or("-"),
         );
     }
-    Ok(res)
+    // In flight until the response body has been sent (or the client went away).
+    Ok(res.map_body(move |_, body| Tracked {
+        inner: Box::pin(body),
+        _guard: guard,
+    }))
+}
+
+/// Requests being served, bodies included (a graceful stop waits for them).
+static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many requests are being served right now, response bodies included.
+pub fn requests_in_flight() -> usize {
+    IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A response body that counts as in flight until it is done.
+struct Tracked<B> {
+    inner: std::pin::Pin<Box<B>>,
+    _guard: InFlight,
+}
+
+impl<B: actix_web::body::MessageBody> actix_web::body::MessageBody for Tracked<B> {
+    type Error = B::Error;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        self.inner.size()
+    }
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<bytes::Bytes, Self::Error>>> {
+        self.get_mut().inner.as_mut().poll_next(cx)
+    }
 }
 
 /// The request id header, set on every response.

@@ -308,6 +308,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         }
         let drain = options.drain_timeout;
         let registry_for_jobs = registry.clone();
+        let listener_fd = std::os::unix::io::AsRawFd::as_raw_fd(&listener);
         let server = wharf::http_server(registry, options, listener)?;
         let handle = server.handle();
         actix_web::rt::spawn(async move {
@@ -327,7 +328,25 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 drain_secs = drain.as_secs(),
                 "stopping: no new connections; requests in flight may finish"
             );
-            handle.stop(true).await;
+            // Stop accepting, and refuse new connections at once (a load balancer then moves
+            // on to another replica) while the workers keep running: a request in flight may
+            // use a database or S3 connection that another worker opened, which must outlive
+            // it. Stop the workers only once nothing is in flight, or at the deadline.
+            handle.pause().await;
+            // The pause is acknowledged before the accept thread has acted on it; let it
+            // deregister the listener first, or it would see the shutdown as an accept error.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            // SAFETY: shutdown(2) on the listening socket the server owns; it stays open.
+            unsafe { libc::shutdown(listener_fd, libc::SHUT_RD) };
+            let started = std::time::Instant::now();
+            while wharf::requests_in_flight() > 0 && started.elapsed() < drain {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let left = wharf::requests_in_flight();
+            if left > 0 {
+                tracing::warn!(requests = left, "drain timeout: stopping with requests in flight");
+            }
+            handle.stop(left == 0).await;
         });
         server.await.context("HTTP server failed")?;
         registry_for_jobs.release_jobs().await;

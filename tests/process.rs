@@ -19,6 +19,7 @@ backend_tests!(
     replicas_starting_together_all_start,
     a_newer_schema_is_refused_naming_both_versions,
     background_jobs_run_on_one_replica_at_a_time,
+    load_balanced_replicas_survive_a_kill_and_a_drain,
 );
 
 struct Process {
@@ -44,7 +45,11 @@ async fn spawn_with(env: &TestEnv, extra: &[(&str, &str)]) -> Process {
 
 /// Starts `wharf serve`; `extra` variables win over the defaults; its log goes to `stderr`.
 async fn spawn_logging(env: &TestEnv, extra: &[(&str, &str)], stderr: Stdio) -> Process {
-    let port = free_port();
+    spawn_on(env, free_port(), extra, stderr).await
+}
+
+/// Starts `wharf serve` on `port` and waits until it is ready.
+async fn spawn_on(env: &TestEnv, port: u16, extra: &[(&str, &str)], stderr: Stdio) -> Process {
     let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
         .arg("serve")
         .env("REGISTRY_HTTP_ADDR", format!("127.0.0.1:{port}"))
@@ -412,7 +417,8 @@ async fn sigterm_drains_a_push_in_flight(b: Backend) {
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let refused = p.client.http.get(p.client.url("/v2/")).send().await;
+    // A new client, so a new connection (the old one may be kept alive, and is still served).
+    let refused = Client::new(&p.client.base).get_raw("/v2/").await;
     assert!(
         refused.is_err(),
         "a new connection was accepted after SIGTERM"
@@ -629,4 +635,170 @@ async fn background_jobs_run_on_one_replica_at_a_time(b: Backend) {
     }
     assert!(count_lines(&logs[other_log], "this replica now runs the job") > 0);
     drop(other);
+}
+
+/// nginx (round robin, as an operator runs it) in front of three replicas sharing the
+/// database and the storage. skopeo pushes a multi-arch image through it while one replica is
+/// SIGKILLed and restarted and another drained with SIGTERM and restarted; the push succeeds
+/// (skopeo retries what the dead replica dropped), everything pulls byte-identical through the
+/// balancer and from each replica, and fsck is clean.
+async fn load_balanced_replicas_survive_a_kill_and_a_drain(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let quiet = || Stdio::null();
+    let mut replicas = Vec::new();
+    for &p in &ports {
+        replicas.push(Some(spawn_on(&env, p, &[], quiet()).await));
+    }
+
+    let lb_port = free_port();
+    let dir = env.dir.path().join("nginx");
+    std::fs::create_dir_all(&dir).unwrap();
+    let servers: String = ports
+        .iter()
+        .map(|p| format!("server 127.0.0.1:{p} max_fails=1 fail_timeout=1s;\n"))
+        .collect();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "worker_processes 1;\nevents {{}}\nhttp {{\n access_log off;\n upstream wharf {{\n{servers} }}\n server {{\n listen 127.0.0.1:{lb_port};\n client_max_body_size 0;\n proxy_request_buffering off;\n proxy_buffering off;\n location / {{\n proxy_pass http://wharf;\n proxy_http_version 1.1;\n proxy_set_header Host $http_host;\n proxy_next_upstream error timeout http_502 http_503 non_idempotent;\n proxy_read_timeout 300s;\n }}\n }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let nginx = Command::new("nginx")
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-g")
+        .arg(format!(
+            "daemon off; pid {}/nginx.pid; error_log {}/error.log;",
+            dir.display(),
+            dir.display()
+        ))
+        .spawn()
+        .expect("start nginx (apt-get install nginx-light; .ci/run does)");
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            // SIGTERM: the master stops its workers (SIGKILL would leave them running).
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let _ = self.0.wait();
+        }
+    }
+    let _nginx = Killed(nginx);
+    let lb = Client::new(&format!("http://127.0.0.1:{lb_port}"));
+    let started = Instant::now();
+    while lb
+        .http
+        .get(lb.url("/v2/"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nginx did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let image = images::multiarch(
+        OCI_INDEX,
+        870,
+        &["linux/amd64", "linux/arm64", "linux/ppc64le", "linux/s390x"],
+        2,
+        3 << 20,
+        &[871],
+    );
+    let layout = env.dir.path().join("layout");
+    images::write_layout(&layout, "v1", &image);
+    let src = format!("oci:{}:v1", layout.display());
+    let dest = format!("docker://127.0.0.1:{lb_port}/deploy/app:v1");
+    let push = std::thread::spawn(move || {
+        Command::new("skopeo")
+            .args([
+                "copy",
+                "--all",
+                "--preserve-digests",
+                "--retry-times",
+                "10",
+                "--dest-tls-verify=false",
+            ])
+            .arg(&src)
+            .arg(&dest)
+            .env("CONTAINERS_REGISTRIES_CONF", "/dev/null")
+            .output()
+            .expect("run skopeo")
+    });
+
+    // Replica 0 dies mid-push and comes back; then replica 1 is drained and comes back.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(
+        !push.is_finished(),
+        "the push ended before the replica was killed: make it larger"
+    );
+    replicas[0].take().unwrap().kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    replicas[0] = Some(spawn_on(&env, ports[0], &[], quiet()).await);
+    let mut draining = replicas[1].take().unwrap();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(draining.child.id() as i32, libc::SIGTERM) };
+    let exit = draining.child.wait().unwrap();
+    assert!(exit.success(), "the drained replica exited with {exit}");
+    replicas[1] = Some(spawn_on(&env, ports[1], &[], quiet()).await);
+
+    let out = push.join().unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo push through the balancer failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lb.pull_and_verify("deploy/app", "v1").await;
+    for r in replicas.iter().flatten() {
+        r.client.pull_and_verify("deploy/app", "v1").await;
+    }
+    let back = env.dir.path().join("back");
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+        ])
+        .arg(format!("docker://127.0.0.1:{lb_port}/deploy/app:v1"))
+        .arg(format!("oci:{}:v1", back.display()))
+        .env("CONTAINERS_REGISTRIES_CONF", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(back.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["manifests"][0]["digest"].as_str().unwrap(),
+        image.digest()
+    );
+    for blob in &image.blobs {
+        let d = sha256(blob);
+        let path = back
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"));
+        assert!(std::fs::read(&path).unwrap() == *blob, "{d} differs");
+    }
+    let fsck = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["fsck", "--json"])
+        .envs(env.env_vars())
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "fsck: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
 }

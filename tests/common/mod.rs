@@ -542,6 +542,11 @@ impl Client {
         }
     }
 
+    /// A GET whose transport errors are returned, not unwrapped.
+    pub async fn get_raw(&self, path: &str) -> reqwest::Result<Response> {
+        self.req(Method::GET, path).send().await
+    }
+
     pub async fn get(&self, path: &str) -> Response {
         self.req(Method::GET, path).send().await.unwrap()
     }
