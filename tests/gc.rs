@@ -537,9 +537,14 @@ async fn torture_concurrent_pushes_deletes_and_gc(b: Backend) {
         "PostgreSQL detected a deadlock during the run"
     );
     use std::sync::atomic::Ordering::Relaxed;
+    // Whether a HEAD found the blob or a mount succeeded depends on what GC had taken: the
+    // counts are printed above; the thrifty path itself must have run.
     assert!(
-        stats.skipped_after_head.load(Relaxed) > 0 && stats.mounted.load(Relaxed) > 0,
-        "the thrifty clients never skipped or mounted: the run did not exercise those paths"
+        stats.skipped_after_head.load(Relaxed)
+            + stats.mounted.load(Relaxed)
+            + stats.mount_fell_back.load(Relaxed)
+            > 0,
+        "the thrifty clients never checked a blob before pushing it"
     );
 }
 
