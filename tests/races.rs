@@ -46,25 +46,7 @@ async fn until_someone_waits(env: &TestEnv) {
         tokio::time::sleep(Duration::from_millis(300)).await;
         return;
     }
-    let (client, conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    for _ in 0..500 {
-        let waiting: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("GC never waited on the paused transaction's locks: the race was not reached");
+    until_waiting(env, 1).await;
 }
 
 /// A policy under which everything written until now is old enough to be garbage: a GC run
