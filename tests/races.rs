@@ -522,6 +522,108 @@ async fn index_put_and_gc_lock_children_in_one_order(b: Backend, digests_reverse
     assert_fsck_clean(&s).await;
 }
 
+/// Every transaction that queues GC reviews (a manifest DELETE, GC deleting a batch of
+/// manifests, a PUT moving a tag, an upload, a mount) locks rows of the review queue. If one
+/// took them in the order it met them (GC: the blobs of the first manifest of its batch, then
+/// those of the next), two transactions could each hold a row the other waits for. Here blobs
+/// sort a < m < z; GC's batch deletes M1 {a, z} then M2 {m} while a client deletes M3 {m, z};
+/// a third session holds m's queue row so that the client queues for m first and GC, holding
+/// z, queues behind it. Released, the client gets m and needs z: in the order-of-meeting
+/// design that is a deadlock, broken by PostgreSQL failing one transaction after 1 s.
+async fn review_queue_rows_are_locked_in_one_order(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let s = env.start().await;
+    let repo = format!("race/reviews-{}", uuid::Uuid::new_v4().simple());
+    let mut layers: Vec<Vec<u8>> = (0..3).map(|i| images::noise(7100 + i, 300)).collect();
+    layers.sort_by_key(|l| sha256(l));
+    let (a, m, z) = (&layers[0], &layers[1], &layers[2]);
+    let manifest = |seed: u64, layers: &[&Vec<u8>]| {
+        let config = images::noise(7200 + seed, 64);
+        let descriptors: Vec<serde_json::Value> = layers
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": sha256(l), "size": l.len(),
+                })
+            })
+            .collect();
+        let body = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": sha256(&config), "size": config.len(),
+            },
+            "layers": descriptors,
+        }))
+        .unwrap();
+        (config, body)
+    };
+    let m1 = manifest(1, &[a, z]);
+    let m2 = manifest(2, &[m]);
+    let m3 = manifest(3, &[m, z]);
+    for blob in [a, m, z, &m1.0, &m2.0, &m3.0] {
+        s.client.push_blob(&repo, blob).await;
+    }
+    // M1 before M2 (GC's batch goes by id); M3 tagged, so GC does not take it.
+    s.client
+        .push_manifest(&repo, &sha256(&m1.1), OCI_MANIFEST, &m1.1)
+        .await;
+    s.client
+        .push_manifest(&repo, &sha256(&m2.1), OCI_MANIFEST, &m2.1)
+        .await;
+    s.client.push_manifest(&repo, "keep", OCI_MANIFEST, &m3.1).await;
+    let policy = policy_now().await;
+
+    let (mut admin, conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()";
+    let before: i64 = admin.query_one(deadlocks, &[]).await.unwrap().get(0);
+    let holder = admin.transaction().await.unwrap();
+    let held = holder
+        .execute(
+            "SELECT 1 FROM gc_blob_reviews WHERE blob_digest = $1 FOR UPDATE",
+            &[&sha256(m)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(held, 1, "the upload queued m for review");
+
+    let delete = {
+        let (c, path) = (
+            s.client.clone(),
+            format!("/v2/{repo}/manifests/{}", sha256(&m3.1)),
+        );
+        tokio::spawn(async move { c.delete(&path).await.status() })
+    };
+    until_waiting(&env, 1).await;
+    let gc = gc(&s, policy);
+    until_waiting(&env, 2).await;
+    holder.rollback().await.unwrap();
+
+    assert_eq!(delete.await.unwrap(), 202);
+    let report = gc.await.unwrap();
+    assert!(report.manifests_deleted >= 2, "{report:?}");
+    // A deadlock is detected after deadlock_timeout (1 s) and reported to the statistics at
+    // the detecting backend's next idle moment: watch the counter for a while.
+    for _ in 0..30 {
+        admin
+            .execute("SELECT pg_stat_clear_snapshot()", &[])
+            .await
+            .unwrap();
+        let after: i64 = admin.query_one(deadlocks, &[]).await.unwrap().get(0);
+        assert_eq!(
+            after, before,
+            "a deadlock formed between the manifest DELETE and GC"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_fsck_clean(&s).await;
+}
+
 mod postgres_only {
     use super::*;
 
@@ -533,6 +635,11 @@ mod postgres_only {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn index_put_and_gc_lock_children_in_one_order_digests_in_id_order() {
         index_put_and_gc_lock_children_in_one_order(Backend::PostgresFs, false).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn review_queue_rows_are_locked_in_one_order() {
+        super::review_queue_rows_are_locked_in_one_order(Backend::PostgresFs).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -230,6 +230,9 @@ impl MetaStore {
 
     async fn link_blob_once(&self, repo: &RepoName, digest: &Digest) -> MetaResult<Option<u64>> {
         let mut tx = self.begin_write().await?;
+        // The repository row first: rows are locked in one global order (postgres.rs), and
+        // a new repository's row is locked by its insert until commit.
+        let repo_id = tx.ensure_repository(repo).await?;
         // Refreshing the row's age both locks it (a GC mark waits for this commit, then its
         // re-check sees a young blob) and protects the blob for a full grace period. If GC
         // marked it first, the re-evaluated `status` no longer matches: nothing is mounted.
@@ -246,9 +249,8 @@ impl MetaStore {
             return Ok(None);
         };
         let size = u64_col(&row, "size")?;
-        let repo_id = tx.ensure_repository(repo).await?;
         tx.link(repo_id, digest).await?;
-        tx.review_blob(digest, now_ms()).await?;
+        tx.review_blob(digest, now_ms());
         crate::failpoint::hit("mount.linked", repo.as_str()).await;
         tx.commit().await?;
         Ok(Some(size))
@@ -289,7 +291,7 @@ impl MetaStore {
         .await?;
         let deleted = done.rows_affected() == 1;
         if deleted {
-            tx.review_blob(digest, 0).await?;
+            tx.review_blob(digest, 0);
         }
         tx.commit().await?;
         Ok(if deleted {
@@ -331,7 +333,7 @@ impl BlobCommit {
         let repo_id = self.tx.ensure_repository(repo).await?;
         self.tx.link(repo_id, digest).await?;
         // Unreferenced until a manifest uses it: GC looks again once the grace period is over.
-        self.tx.review_blob(digest, now_ms()).await?;
+        self.tx.review_blob(digest, now_ms());
         self.tx.delete_upload(upload).await?;
         // The object is in place now (written or checked under the row lock).
         sqlx::query("DELETE FROM lost_blobs WHERE digest = $1")

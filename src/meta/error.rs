@@ -71,7 +71,14 @@ impl From<sqlx::Error> for MetaError {
                 let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
                 let sqlite = code.parse::<i64>().ok().map(|c| c & 0xff);
                 if pg_race(&code) {
-                    return MetaError::Race(e.to_string());
+                    // PostgreSQL names the sessions and locks of a deadlock in the detail:
+                    // keep it, since a deadlock means two transactions broke the lock order.
+                    let detail = db
+                        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                        .and_then(|pg| pg.detail())
+                        .map(|d| format!(" ({d})"))
+                        .unwrap_or_default();
+                    return MetaError::Race(format!("{e}{detail}"));
                 }
                 if pg_retryable(&code) || matches!(sqlite, Some(SQLITE_BUSY | SQLITE_LOCKED)) {
                     return MetaError::Busy(e.to_string());

@@ -343,6 +343,16 @@ impl MetaStore {
             return Ok(());
         }
         let mut tx = self.begin_write().await?;
+        // Queue rows are locked in the global order first (see reviews.rs); a DELETE alone
+        // would lock them in whatever order its scan meets them.
+        let lock = format!(
+            "SELECT manifest_id FROM gc_manifest_reviews WHERE manifest_id IN ({}) ORDER BY manifest_id{}",
+            placeholders(1, ids.len()),
+            tx.dialect.lock_update()
+        );
+        bind_all(sqlx::query(&lock), ids.iter().copied())
+            .fetch_all(tx.conn())
+            .await?;
         // The policy flag is $1, the ids follow.
         let sql = format!(
             "DELETE FROM gc_manifest_reviews WHERE manifest_id IN ({}) AND NOT EXISTS (
@@ -422,6 +432,14 @@ impl MetaStore {
             return Ok(());
         }
         let mut tx = self.begin_write().await?;
+        let lock = format!(
+            "SELECT blob_digest FROM gc_blob_reviews WHERE blob_digest IN ({}) ORDER BY blob_digest{}",
+            placeholders(1, digests.len()),
+            tx.dialect.lock_update()
+        );
+        bind_digests(sqlx::query(&lock), digests)
+            .fetch_all(tx.conn())
+            .await?;
         let sql = format!(
             "DELETE FROM gc_blob_reviews WHERE blob_digest IN ({}) AND (
                  NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = gc_blob_reviews.blob_digest AND b.status = 'active')

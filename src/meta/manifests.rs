@@ -226,7 +226,7 @@ impl MetaStore {
         tx.insert_edges(manifest_id, repo_id, m.blobs, &child_ids)
             .await?;
         // Untagged (or untagged later) it becomes garbage once the grace period is over.
-        tx.review_manifest(manifest_id, now).await?;
+        tx.review_manifest(manifest_id, now);
         if let Some(tag) = m.tag {
             tx.set_tag(repo_id, tag, manifest_id, now).await?;
         }

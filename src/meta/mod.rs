@@ -35,12 +35,23 @@ macro_rules! retrying {
 
 async fn race_backoff(what: &'static str, attempt: u32, error: &str) {
     let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0] % 10);
-    tracing::info!(
-        what,
-        attempt,
-        error,
-        "transaction lost a race; running it again"
-    );
+    // A deadlock means two transactions broke the global lock order (postgres.rs): worth a
+    // warning with PostgreSQL's account of it. Serialization failures are expected races.
+    if error.contains("deadlock") {
+        tracing::warn!(
+            what,
+            attempt,
+            error,
+            "transaction deadlocked; running it again"
+        );
+    } else {
+        tracing::info!(
+            what,
+            attempt,
+            error,
+            "transaction lost a race; running it again"
+        );
+    }
     tokio::time::sleep(Duration::from_millis((5 << attempt) + jitter)).await;
 }
 
@@ -217,6 +228,8 @@ pub enum DeleteOutcome {
 pub struct WriteTx {
     tx: Transaction<'static, Any>,
     dialect: Dialect,
+    /// GC reviews collected by the statements so far, written at commit.
+    reviews: reviews::PendingReviews,
     _gate: Option<OwnedMutexGuard<()>>,
 }
 
@@ -226,7 +239,10 @@ impl WriteTx {
         &mut self.tx
     }
 
-    pub async fn commit(self) -> MetaResult<()> {
+    /// Writes the collected GC reviews (the transaction's last locks, in the global order),
+    /// then commits.
+    pub async fn commit(mut self) -> MetaResult<()> {
+        self.write_reviews().await?;
         self.tx.commit().await?;
         Ok(())
     }
@@ -299,6 +315,7 @@ impl MetaStore {
         Ok(WriteTx {
             tx,
             dialect: self.dialect,
+            reviews: Default::default(),
             _gate: gate,
         })
     }

@@ -7,6 +7,14 @@
 //! `FOR SHARE` on the blob and child-manifest rows a manifest references (GC's `FOR UPDATE`
 //! on the same rows waits for them, and they wait for it), `FOR UPDATE` on a blob row whose
 //! object is being written or deleted.
+//!
+//! Row locks are taken in one global order, so that no two transactions can each hold what
+//! the other waits for (a deadlock: PostgreSQL fails one after `deadlock_timeout`, and the
+//! store retries it, but it costs a second and is a bug): the repository row first; then
+//! blobs by digest; then manifests by id; then the rows of the one link, tag or upload the
+//! transaction is about; and last, at commit, the GC review queue (manifests by id, then
+//! blobs by digest; see reviews.rs). A statement that locks several rows of one table does so
+//! through `ORDER BY … FOR UPDATE/SHARE` before it writes them.
 
 use anyhow::Context;
 

@@ -53,7 +53,7 @@ impl MetaStore {
         let Some(row) = deleted else {
             return Ok(false);
         };
-        tx.review_manifest(row.try_get(0)?, 0).await?;
+        tx.review_manifest(row.try_get(0)?, 0);
         tx.commit().await?;
         Ok(true)
     }
@@ -78,7 +78,7 @@ impl WriteTx {
         if let Some(prev) = previous {
             let prev: i64 = prev.try_get(0)?;
             if prev != manifest_id {
-                self.review_manifest(prev, 0).await?;
+                self.review_manifest(prev, 0);
             }
         }
         sqlx::query(
