@@ -45,12 +45,13 @@ impl Store {
             )),
             Driver::S3 => {
                 let b = TestBucket::create().await;
+                let (key, secret) = common::s3_credentials();
                 for (k, v) in [
                     ("BUCKET", b.bucket.as_str()),
                     ("REGIONENDPOINT", b.endpoint.as_str()),
-                    ("ACCESSKEY", "test"),
-                    ("SECRETKEY", "test"),
-                    ("ROOTDIRECTORY", "/conformance"),
+                    ("ACCESSKEY", key.as_str()),
+                    ("SECRETKEY", secret.as_str()),
+                    ("ROOTDIRECTORY", "/conf"),
                     // The smallest parts S3 allows, so that pieces cross part boundaries.
                     ("CHUNKSIZE", "5M"),
                     ("MULTIPARTCOPYTHRESHOLDSIZE", "6M"),
