@@ -573,7 +573,9 @@ async fn review_queue_rows_are_locked_in_one_order(b: Backend) {
     s.client
         .push_manifest(&repo, &sha256(&m2.1), OCI_MANIFEST, &m2.1)
         .await;
-    s.client.push_manifest(&repo, "keep", OCI_MANIFEST, &m3.1).await;
+    s.client
+        .push_manifest(&repo, "keep", OCI_MANIFEST, &m3.1)
+        .await;
     let policy = policy_now().await;
 
     let (mut admin, conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)

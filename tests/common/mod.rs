@@ -196,7 +196,10 @@ fn s3_endpoint() -> String {
 /// The S3 server's credentials (`WHARF_TEST_S3_ACCESSKEY` / `_SECRETKEY`; moto takes any).
 pub fn s3_credentials() -> (String, String) {
     let var = |k: &str| std::env::var(k).unwrap_or_else(|_| "test".to_string());
-    (var("WHARF_TEST_S3_ACCESSKEY"), var("WHARF_TEST_S3_SECRETKEY"))
+    (
+        var("WHARF_TEST_S3_ACCESSKEY"),
+        var("WHARF_TEST_S3_SECRETKEY"),
+    )
 }
 
 impl TestBucket {
@@ -272,8 +275,14 @@ impl TestEnv {
                     "REGISTRY_STORAGE_S3_REGIONENDPOINT".to_string(),
                     b.endpoint.clone(),
                 ),
-                ("REGISTRY_STORAGE_S3_ACCESSKEY".to_string(), s3_credentials().0),
-                ("REGISTRY_STORAGE_S3_SECRETKEY".to_string(), s3_credentials().1),
+                (
+                    "REGISTRY_STORAGE_S3_ACCESSKEY".to_string(),
+                    s3_credentials().0,
+                ),
+                (
+                    "REGISTRY_STORAGE_S3_SECRETKEY".to_string(),
+                    s3_credentials().1,
+                ),
                 (
                     "REGISTRY_STORAGE_S3_ROOTDIRECTORY".to_string(),
                     "/registry".to_string(),
