@@ -356,6 +356,79 @@ async fn listing_and_purging(kind: Driver) {
     assert_eq!(s.list_blobs().await.unwrap().len(), 2);
 }
 
+/// Writes an object at a path relative to the store's root, behind the driver's back (as
+/// another program, e.g. Distribution, would have).
+async fn put_raw(store: &Store, path: &str, data: &[u8]) {
+    match &store.config.storage.s3 {
+        Some(s3) => {
+            let b = TestBucket {
+                endpoint: s3.regionendpoint.clone().unwrap(),
+                bucket: s3.bucket.clone(),
+            };
+            let root = s3.rootdirectory.trim_matches('/');
+            b.client()
+                .put_object()
+                .bucket(&b.bucket)
+                .key(format!("{root}/{path}"))
+                .body(data.to_vec().into())
+                .send()
+                .await
+                .unwrap();
+        }
+        None => {
+            let root = &store.config.storage.filesystem.as_ref().unwrap().rootdirectory;
+            let full = root.join(path);
+            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+            std::fs::write(full, data).unwrap();
+        }
+    }
+}
+
+/// Listing a subtree and reading small files by path (what `wharf import` reads a
+/// Distribution tree with): relative paths, nothing outside the prefix, NotFound for a
+/// missing file, a size cap, and no way out of the root.
+async fn tree_listing_and_reading(kind: Driver) {
+    let store = Store::new(kind).await;
+    let s = store.driver.as_ref();
+    let files = [
+        "docker/registry/v2/repositories/a/b/_layers/sha256/aa/link",
+        "docker/registry/v2/repositories/a/b/_manifests/tags/v1/current/link",
+        "docker/registry/v2/repositories/c/_manifests/revisions/sha256/bb/link",
+    ];
+    for (i, f) in files.iter().enumerate() {
+        put_raw(&store, f, format!("content {i}").as_bytes()).await;
+    }
+    put_raw(&store, "docker/registry/v2/repositoriesX/other", b"x").await;
+    let mut listed = s
+        .list_files("docker/registry/v2/repositories/")
+        .await
+        .unwrap();
+    listed.sort();
+    assert_eq!(listed, files);
+    let mut under_a = s
+        .list_files("docker/registry/v2/repositories/a/")
+        .await
+        .unwrap();
+    under_a.sort();
+    assert_eq!(under_a, files[..2]);
+    assert!(s.list_files("nothing/here/").await.unwrap().is_empty());
+
+    assert_eq!(
+        s.read_file(files[1], 100).await.unwrap().as_ref(),
+        b"content 1"
+    );
+    let missing = s.read_file("docker/registry/v2/nope/link", 100).await;
+    assert_eq!(
+        missing.unwrap_err().kind(),
+        StorageErrorKind::NotFound
+    );
+    assert!(s.read_file(files[1], 4).await.is_err(), "over the cap");
+    for bad in ["../outside", "/etc/passwd", "a/../../b", ""] {
+        assert!(s.read_file(bad, 100).await.is_err(), "{bad:?}");
+        assert!(s.list_files(bad).await.is_err(), "{bad:?}");
+    }
+}
+
 macro_rules! driver_tests {
     ($($name:ident),* $(,)?) => {
         mod filesystem {
@@ -385,6 +458,7 @@ driver_tests!(
     offset_beyond_data_is_refused,
     concurrent_commits_of_one_digest,
     listing_and_purging,
+    tree_listing_and_reading,
 );
 
 /// The filesystem driver serialises writers of one upload, across instances (processes):

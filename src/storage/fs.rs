@@ -297,6 +297,59 @@ impl BlobStore for FsDriver {
         Ok(objects)
     }
 
+    async fn list_files(&self, prefix: &str) -> StorageResult<Vec<String>> {
+        let base = self.root.join(super::relative_path(prefix)?);
+        let root = self.root.clone();
+        let files = blocking(move || {
+            let mut out = Vec::new();
+            let mut dirs = vec![base];
+            while let Some(dir) = dirs.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(d) => d,
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                for entry in entries {
+                    let entry = entry?;
+                    let kind = entry.file_type()?;
+                    if kind.is_dir() {
+                        dirs.push(entry.path());
+                    } else if kind.is_file() {
+                        if let Ok(rel) = entry.path().strip_prefix(&root) {
+                            out.push(rel.to_string_lossy().into_owned());
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+        Ok(files)
+    }
+
+    async fn read_file(&self, path: &str, max: u64) -> StorageResult<Bytes> {
+        let full = self.root.join(super::relative_path(path)?);
+        let display = path.to_owned();
+        let data = blocking(move || {
+            use std::io::Read;
+            let file = File::open(&full)?;
+            let mut buf = Vec::new();
+            file.take(max + 1).read_to_end(&mut buf)?;
+            Ok(buf)
+        })
+        .await
+        .map_err(|e| match e.kind() {
+            ErrorKind::NotFound => StorageError::NotFound,
+            _ => StorageError::Io(e),
+        })?;
+        if data.len() as u64 > max {
+            return Err(StorageError::Other(anyhow::anyhow!(
+                "{display} is larger than {max} bytes"
+            )));
+        }
+        Ok(Bytes::from(data))
+    }
+
     async fn blob_delete(&self, digest: &Digest) -> StorageResult<()> {
         let path = self.blob_path(digest);
         blocking(move || {

@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use super::{
     Appended, BlobStore, BodyStream, ByteStream, StorageResult, StoredObject, StoredUpload,
@@ -82,6 +83,14 @@ impl<S: BlobStore> BlobStore for Measured<S> {
 
     async fn list_blobs(&self) -> StorageResult<Vec<StoredObject>> {
         measured!(self, "list_blobs", self.inner.list_blobs())
+    }
+
+    async fn list_files(&self, prefix: &str) -> StorageResult<Vec<String>> {
+        measured!(self, "list_files", self.inner.list_files(prefix))
+    }
+
+    async fn read_file(&self, path: &str, max: u64) -> StorageResult<Bytes> {
+        measured!(self, "read_file", self.inner.read_file(path, max))
     }
 
     async fn blob_delete(&self, digest: &Digest) -> StorageResult<()> {

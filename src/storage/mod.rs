@@ -91,6 +91,15 @@ pub trait BlobStore: Send + Sync {
     /// Deletes the object. A missing object is not an error.
     async fn blob_delete(&self, digest: &Digest) -> StorageResult<()>;
 
+    /// Every object under `prefix` (a path relative to the storage root, e.g.
+    /// `docker/registry/v2/repositories/`), as paths relative to the root, in no set order.
+    /// A missing prefix is an empty list. (`wharf import` reads a Distribution tree so.)
+    async fn list_files(&self, prefix: &str) -> StorageResult<Vec<String>>;
+
+    /// A small object by its path relative to the root: NotFound when missing, an error when
+    /// larger than `max` bytes.
+    async fn read_file(&self, path: &str, max: u64) -> StorageResult<Bytes>;
+
     /// A URL the client may fetch the blob from directly, when the driver offers one.
     async fn redirect_url(&self, _digest: &Digest) -> StorageResult<Option<String>> {
         Ok(None)
@@ -112,6 +121,24 @@ pub trait UploadWriter: Send {
 
     /// Makes the upload's first `size` bytes the object for `digest`, durably.
     async fn commit(&mut self, state: &str, size: u64, digest: &Digest) -> StorageResult<()>;
+}
+
+/// A path relative to the storage root that stays under it: no empty, `.` or `..`
+/// components, no leading `/`. Returns it, or an error naming it.
+pub fn relative_path(path: &str) -> StorageResult<&str> {
+    let ok = !path.is_empty()
+        && !path.starts_with('/')
+        && path
+            .trim_end_matches('/')
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    if ok {
+        Ok(path)
+    } else {
+        Err(StorageError::Other(anyhow::anyhow!(
+            "not a path under the storage root: {path:?}"
+        )))
+    }
 }
 
 /// Opens the driver `config` names: S3 when `storage.s3` is set, else the filesystem.

@@ -865,6 +865,46 @@ impl BlobStore for S3Driver {
         Ok(blobs)
     }
 
+    async fn list_files(&self, prefix: &str) -> StorageResult<Vec<String>> {
+        let full = format!("{}{}", self.root, super::relative_path(prefix)?);
+        Ok(self
+            .list(&full)
+            .await?
+            .iter()
+            .filter_map(|o| o.key()?.strip_prefix(&self.root).map(str::to_owned))
+            .collect())
+    }
+
+    async fn read_file(&self, path: &str, max: u64) -> StorageResult<Bytes> {
+        let key = format!("{}{}", self.root, super::relative_path(path)?);
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_no_such_key()) => {
+                return Err(StorageError::NotFound);
+            }
+            Err(e) => return Err(s3_err("GetObject", e)),
+        };
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StorageError::Other(anyhow::anyhow!("S3 GetObject body: {e}")))?
+            .into_bytes();
+        if data.len() as u64 > max {
+            return Err(StorageError::Other(anyhow::anyhow!(
+                "{path} is larger than {max} bytes"
+            )));
+        }
+        Ok(data)
+    }
+
     async fn redirect_url(&self, digest: &Digest) -> StorageResult<Option<String>> {
         let presign = PresigningConfig::expires_in(self.redirect_expiry)
             .context("storage.redirect.expiry")
