@@ -9,6 +9,7 @@ pub mod error;
 pub mod failpoint;
 pub mod fsck;
 pub mod gc;
+pub mod import;
 pub mod meta;
 pub mod metrics;
 pub mod oci;

@@ -1,4 +1,4 @@
-//! The `wharf` command: serve, migrate, gc, usage, fsck.
+//! The `wharf` command: serve, migrate, gc, usage, import, fsck.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -62,6 +62,29 @@ enum Command {
         #[arg(long, value_parser = ["table", "json", "csv"], default_value = "table")]
         format: String,
     },
+    /// Adopt a CNCF Distribution (registry:2 / registry:3) storage tree in place: point
+    /// wharf's storage at Distribution's (same keys) and its repositories, blobs, manifests
+    /// and tags become wharf's, with no byte copied. Re-runnable; resumes where it stopped.
+    Import {
+        /// Read the tree and report what would be imported and what is broken; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only repositories matching PATTERN (`team/*`: one level, `team/**`: any depth).
+        #[arg(long, value_name = "PATTERN")]
+        repositories: Option<String>,
+        /// Repositories imported at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Hash every blob and compare it with its digest (reads every byte).
+        #[arg(long)]
+        verify: bool,
+        /// Read every repository again, also those an earlier run finished.
+        #[arg(long)]
+        again: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Compare storage with the database: orphaned objects, rows whose object is missing.
     Fsck {
         /// Delete orphaned objects older than an hour.
@@ -121,6 +144,23 @@ fn main() -> ExitCode {
             top,
             format,
         } => runtime().and_then(|rt| rt.block_on(usage(&config, &namespace, top, &format))),
+        Command::Import {
+            dry_run,
+            repositories,
+            concurrency,
+            verify,
+            again,
+            json,
+        } => {
+            let options = wharf::import::Options {
+                dry_run,
+                repositories,
+                concurrency,
+                verify,
+                again,
+            };
+            runtime().and_then(|rt| rt.block_on(import(&config, &options, json)))
+        }
         Command::Fsck {
             delete_orphans,
             repair,
@@ -171,6 +211,47 @@ async fn migrate(config: &Config, status: bool) -> anyhow::Result<()> {
     }
     let applied = wharf::meta::migrate(&config.database.url).await?;
     tracing::info!(applied, database = %wharf::config::redact_url(&config.database.url), "migrations up to date");
+    Ok(())
+}
+
+async fn import(
+    config: &Config,
+    options: &wharf::import::Options,
+    json: bool,
+) -> anyhow::Result<()> {
+    let registry = wharf::open_registry(config).await?;
+    let report = wharf::import::run(&registry, options).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    for p in &report.problems {
+        println!("{:<24} {}: {}", p.kind, p.path, p.detail);
+    }
+    let verb = if report.dry_run {
+        "would import"
+    } else {
+        "imported"
+    };
+    println!(
+        "{verb} {} of {} repositories ({} done by an earlier run): {} manifests, {} tags, {} blob links, {} blobs ({} bytes) in {} ms",
+        report.repositories_imported,
+        report.repositories,
+        report.repositories_already_imported,
+        report.manifests,
+        report.tags,
+        report.blob_links,
+        report.blobs,
+        report.blob_bytes,
+        report.elapsed_ms
+    );
+    println!(
+        "{} problems (skipped); {} unfinished uploads left alone; {} objects ({} bytes) no link or manifest reaches, left alone (`wharf fsck --delete-orphans` removes them once Distribution is retired)",
+        report.problems.len(),
+        report.leftover_uploads,
+        report.unreached_objects,
+        report.unreached_bytes
+    );
     Ok(())
 }
 

@@ -376,7 +376,13 @@ async fn put_raw(store: &Store, path: &str, data: &[u8]) {
                 .unwrap();
         }
         None => {
-            let root = &store.config.storage.filesystem.as_ref().unwrap().rootdirectory;
+            let root = &store
+                .config
+                .storage
+                .filesystem
+                .as_ref()
+                .unwrap()
+                .rootdirectory;
             let full = root.join(path);
             std::fs::create_dir_all(full.parent().unwrap()).unwrap();
             std::fs::write(full, data).unwrap();
@@ -418,10 +424,7 @@ async fn tree_listing_and_reading(kind: Driver) {
         b"content 1"
     );
     let missing = s.read_file("docker/registry/v2/nope/link", 100).await;
-    assert_eq!(
-        missing.unwrap_err().kind(),
-        StorageErrorKind::NotFound
-    );
+    assert_eq!(missing.unwrap_err().kind(), StorageErrorKind::NotFound);
     assert!(s.read_file(files[1], 4).await.is_err(), "over the cap");
     for bad in ["../outside", "/etc/passwd", "a/../../b", ""] {
         assert!(s.read_file(bad, 100).await.is_err(), "{bad:?}");

@@ -330,11 +330,21 @@ impl BlobCommit {
         digest: &Digest,
         upload: &UploadId,
     ) -> MetaResult<()> {
+        self.tx.delete_upload(upload).await?;
+        self.link_and_commit(repo, digest).await
+    }
+
+    /// Links a blob whose object another program put in place (and the caller checked under
+    /// the row lock) into `repo`, and commits: `wharf import` adopting a Distribution tree.
+    pub async fn finish_adopted(self, repo: &RepoName, digest: &Digest) -> MetaResult<()> {
+        self.link_and_commit(repo, digest).await
+    }
+
+    async fn link_and_commit(mut self, repo: &RepoName, digest: &Digest) -> MetaResult<()> {
         let repo_id = self.tx.ensure_repository(repo).await?;
         self.tx.link(repo_id, digest).await?;
         // Unreferenced until a manifest uses it: GC looks again once the grace period is over.
         self.tx.review_blob(digest, now_ms());
-        self.tx.delete_upload(upload).await?;
         // The object is in place now (written or checked under the row lock).
         sqlx::query("DELETE FROM lost_blobs WHERE digest = $1")
             .bind(digest.as_str())

@@ -58,6 +58,7 @@ async fn race_backoff(what: &'static str, attempt: u32, error: &str) {
 mod blobs;
 mod error;
 mod gc;
+mod imports;
 mod leases;
 mod manifests;
 mod postgres;

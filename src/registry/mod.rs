@@ -290,6 +290,54 @@ impl Registry {
         Ok(self.meta.link_blob(repo, digest).await?)
     }
 
+    /// Adopts an object another program stored at the blob's path (a Distribution tree being
+    /// imported): records the blob, links it into `repo` and returns its size, or None when no
+    /// object is there. The object is checked again under the blob row's lock, so a GC run that
+    /// was deleting the digest cannot leave a row without its object.
+    #[tracing::instrument(skip_all, fields(repository = %repo))]
+    pub async fn adopt_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+        let Some(size) = self.storage.blob_stat(digest).await? else {
+            return Ok(None);
+        };
+        let commit = self.meta.begin_blob_commit(digest, size).await?;
+        if self.storage.blob_stat(digest).await? != Some(size) {
+            return Ok(None);
+        }
+        commit.finish_adopted(repo, digest).await?;
+        Ok(Some(size))
+    }
+
+    /// Repositories a previous `wharf import` finished.
+    pub async fn imported_repositories(&self) -> Result<std::collections::HashSet<String>> {
+        Ok(self.meta.imported_repositories().await?)
+    }
+
+    /// Records that `wharf import` finished `name`.
+    pub async fn mark_imported(&self, name: &str) -> Result<()> {
+        Ok(self.meta.mark_imported(name).await?)
+    }
+
+    /// Forgets what `wharf import` finished, so that it reads everything again.
+    pub async fn forget_imports(&self) -> Result<()> {
+        Ok(self.meta.forget_imports().await?)
+    }
+
+    /// Digests of every blob the database knows.
+    pub async fn known_blobs(&self) -> Result<std::collections::HashSet<String>> {
+        Ok(self
+            .meta
+            .all_blobs()
+            .await?
+            .into_iter()
+            .map(|b| b.digest.to_string())
+            .collect())
+    }
+
+    /// The storage driver, for tools that read what it holds (`wharf import`).
+    pub fn storage(&self) -> &dyn BlobStore {
+        self.storage.as_ref()
+    }
+
     // ---- manifests ---------------------------------------------------------------------
 
     #[tracing::instrument(skip_all, fields(repository = %repo))]
