@@ -19,6 +19,7 @@
 //! changes nothing (`again` reads everything again).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -47,6 +48,9 @@ pub struct Options {
     pub verify: bool,
     /// Read every repository again, including those a previous run finished.
     pub again: bool,
+    /// Redraw a one-line progress display on stderr (a terminal) instead of logging a line
+    /// per repository.
+    pub progress: bool,
 }
 
 /// What is wrong with one entry of the tree. It is skipped; the rest imports.
@@ -156,6 +160,9 @@ struct Run<'a> {
     /// Digest → size (or None: missing or failed verification), once looked at.
     blobs: Mutex<HashMap<String, Option<u64>>>,
     problems: Mutex<Vec<Problem>>,
+    /// Running totals for the progress display.
+    manifests_done: AtomicU64,
+    bytes_adopted: AtomicU64,
 }
 
 #[derive(Default)]
@@ -251,6 +258,9 @@ impl Run<'_> {
             return Ok(true);
         }
         let adopted = self.registry.adopt_blob(repo, digest).await?;
+        if let Some(n) = adopted {
+            self.bytes_adopted.fetch_add(n, Ordering::Relaxed);
+        }
         if adopted.is_none() {
             // Gone between the check and the row lock.
             self.blobs.lock().unwrap().insert(digest.to_string(), None);
@@ -466,6 +476,7 @@ impl Run<'_> {
             }
         }
         counts.manifests += 1;
+        self.manifests_done.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }
 }
@@ -495,6 +506,8 @@ pub async fn run(registry: &Registry, options: &Options) -> anyhow::Result<Repor
         options,
         blobs: Mutex::new(HashMap::new()),
         problems: Mutex::new(problems),
+        manifests_done: AtomicU64::new(0),
+        bytes_adopted: AtomicU64::new(0),
     };
     for (name, tree) in &repos {
         for dir in &tree.uploads {
@@ -512,8 +525,22 @@ pub async fn run(registry: &Registry, options: &Options) -> anyhow::Result<Repor
         .collect();
     report.repositories_already_imported = report.repositories - todo.len() as u64;
     let total = todo.len();
-    let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let results: Vec<anyhow::Result<RepoCounts>> = stream::iter(todo)
+    let finished = Arc::new(AtomicUsize::new(0));
+    let drawing = options.progress.then(|| {
+        let finished = finished.clone();
+        let run_started = Instant::now();
+        move |run: &Run<'_>| {
+            let secs = run_started.elapsed().as_secs_f64().max(0.001);
+            let manifests = run.manifests_done.load(Ordering::Relaxed);
+            eprint!(
+                "\rimport: {}/{total} repositories, {manifests} manifests ({:.0}/s), {:.1} MB of blobs   ",
+                finished.load(Ordering::Relaxed),
+                manifests as f64 / secs,
+                run.bytes_adopted.load(Ordering::Relaxed) as f64 / 1e6
+            );
+        }
+    });
+    let work = stream::iter(todo)
         .map(|(name, tree)| {
             let run = &run;
             let finished = finished.clone();
@@ -522,7 +549,10 @@ pub async fn run(registry: &Registry, options: &Options) -> anyhow::Result<Repor
                 if !options.dry_run {
                     run.registry.mark_imported(name).await?;
                 }
-                let n = finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                let n = finished.fetch_add(1, Ordering::Relaxed) + 1;
+                if options.progress {
+                    return Ok(counts);
+                }
                 tracing::info!(
                     repository = %name,
                     manifests = counts.manifests,
@@ -535,8 +565,24 @@ pub async fn run(registry: &Registry, options: &Options) -> anyhow::Result<Repor
             }
         })
         .buffer_unordered(options.concurrency.max(1))
-        .collect()
-        .await;
+        .collect::<Vec<anyhow::Result<RepoCounts>>>();
+    let results = match &drawing {
+        None => work.await,
+        Some(draw) => {
+            tokio::pin!(work);
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    r = &mut work => {
+                        draw(&run);
+                        eprintln!();
+                        break r;
+                    }
+                    _ = tick.tick() => draw(&run),
+                }
+            }
+        }
+    };
     for r in results {
         let c = r?;
         report.repositories_imported += 1;

@@ -152,12 +152,14 @@ fn main() -> ExitCode {
             again,
             json,
         } => {
+            use std::io::IsTerminal;
             let options = wharf::import::Options {
                 dry_run,
                 repositories,
                 concurrency,
                 verify,
                 again,
+                progress: !json && std::io::stderr().is_terminal(),
             };
             runtime().and_then(|rt| rt.block_on(import(&config, &options, json)))
         }

@@ -15,6 +15,8 @@
 //!   catalog latency (p50/p99);
 //! - gc: stores of 1k, 10k, 100k blobs with 1% garbage: Distribution's offline
 //!   `garbage-collect` against wharf's online queue run and its full pass;
+//! - import: `wharf import` of a Distribution tree of 10k manifests, beside copying the same
+//!   images over the API;
 //! - s3: both registries on the same local S3 server (moto; wharf with PostgreSQL when one
 //!   answers at 127.0.0.1:5432, else SQLite): skopeo and raw-API scenarios.
 
@@ -393,6 +395,83 @@ impl Bench {
         Ok(())
     }
 
+    /// `wharf import` of a Distribution tree of 10k manifests on disk, beside copying the
+    /// same images into a fresh wharf over the API (8 clients; the least a copy costs: no
+    /// reading from a source registry).
+    async fn import(&self) -> anyhow::Result<()> {
+        const MANIFESTS: usize = 10_000;
+        let section = "import";
+        self.fresh(section)?;
+        let w = self.setup(Kind::Wharf, section, None, None);
+        let root = w.dir.join("data");
+        let started = Instant::now();
+        let images = seed::import_tree(&root, MANIFESTS)?;
+        let objects = seed::Tree::new(&root).count_blobs()?;
+        eprintln!(
+            "  seeded a Distribution tree: {MANIFESTS} manifests, {objects} objects ({:.1} s)",
+            started.elapsed().as_secs_f64()
+        );
+        let cfg = w.write_config(servers::free_port()?)?;
+        let mut cmd = Command::new(&self.wharf);
+        cmd.arg("--config")
+            .arg(&cfg)
+            .args(["import", "--json"])
+            .env_remove("RUST_LOG")
+            .env("REGISTRY_LOG_LEVEL", "warn");
+        let (secs, rss, report) = servers::run_timed(cmd, &w.dir.join("import.log"))?;
+        let report: serde_json::Value = serde_json::from_str(&report)?;
+        ensure!(
+            report["manifests"] == MANIFESTS
+                && report["problems"].as_array().is_some_and(|p| p.is_empty()),
+            "the import did not take every manifest: {report}"
+        );
+        let repositories = report["repositories_imported"].as_f64().unwrap_or(0.0);
+
+        // The same images over the API, into a fresh wharf.
+        let api = self.setup(Kind::Wharf, "import-api", None, None);
+        self.fresh("import-api")?;
+        let server = api.start()?;
+        let t = std::sync::Arc::new(Target::new(&server.url)?);
+        let images = std::sync::Arc::new(images);
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut workers = Vec::new();
+        for _ in 0..8 {
+            let (t, images, next) = (t.clone(), images.clone(), next.clone());
+            workers.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((repo, tag, img)) = images.get(i) else {
+                        return anyhow::Ok(());
+                    };
+                    for data in &img.data {
+                        t.push_blob(repo, bytes::Bytes::from(data.clone())).await?;
+                    }
+                    t.put_manifest(repo, tag, images::OCI_MANIFEST, img.manifest.clone())
+                        .await?;
+                }
+            }));
+        }
+        for w in workers {
+            w.await??;
+        }
+        let api_s = started.elapsed().as_secs_f64();
+        server.stop();
+
+        let mut out = Out::start("wharf", "import.10k_manifests_fs", None);
+        out.metric("import_s", secs, "info");
+        out.metric("import_peak_rss_MB", rss, "info");
+        out.metric("repositories_per_s", repositories / secs, "info");
+        out.metric("manifests_per_s", MANIFESTS as f64 / secs, "info");
+        out.metric("objects_per_s", objects as f64 / secs, "info");
+        out.metric("api_copy_s", api_s, "info");
+        out.metric("import_vs_api_copy_x", api_s / secs, "info");
+        out.finish();
+        self.fresh(section)?;
+        self.fresh("import-api")?;
+        Ok(())
+    }
+
     async fn s3(&self, postgres: &str) -> anyhow::Result<()> {
         self.fresh("s3")?;
         std::fs::create_dir_all(self.work.join("s3"))?;
@@ -610,7 +689,7 @@ async fn main() -> anyhow::Result<()> {
                 machine(&mut out);
                 limits::measure(&mut out, &bench.work.join("limits"), 1024)?;
             }
-            for name in ["fs", "lists", "gc", "s3"] {
+            for name in ["fs", "lists", "gc", "import", "s3"] {
                 if !wanted(name) {
                     continue;
                 }
@@ -622,6 +701,7 @@ async fn main() -> anyhow::Result<()> {
                     "fs" => bench.fs().await?,
                     "lists" => bench.lists().await?,
                     "gc" => bench.gc().await?,
+                    "import" => bench.import().await?,
                     _ => bench.s3(&postgres).await?,
                 }
             }

@@ -329,3 +329,37 @@ pub async fn gc(
         wharf_keep: (images - garbage_images) * per_image,
     })
 }
+
+/// A Distribution tree to import: `manifests` small images (config and two 4 KiB layers,
+/// the first layer shared by every image of a repository) over `manifests / 10`
+/// repositories, one tag each. Returns the images as (repository, tag, image).
+pub fn import_tree(root: &Path, manifests: usize) -> anyhow::Result<Vec<(String, String, Image)>> {
+    let tree = Tree::new(root);
+    let mut images = Vec::with_capacity(manifests);
+    for i in 0..manifests {
+        let repo = format!("import/team{:02}/app{:04}", i % 37, i / 10);
+        let mut img = Image::new(500_000 + i as u64, 2, 4096);
+        // Every image of a repository shares its first layer.
+        let shared = Noise::bytes(900_000 + (i / 10) as u64, 4096);
+        img.blobs[1] = (digest_of(&shared), 4096);
+        img.data[1] = shared;
+        img.manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": img.blobs[0].0, "size": img.blobs[0].1},
+            "layers": img.blobs[1..].iter().map(|(d, n)| json!({"mediaType": OCI_LAYER, "digest": d, "size": n})).collect::<Vec<_>>(),
+        }))?;
+        img.digest = format!("sha256:{}", sha256_hex(&img.manifest));
+        images.push((repo, format!("v{}", i % 10), img));
+    }
+    for_each_split(images.len(), |i| {
+        let (repo, tag, img) = &images[i];
+        for ((digest, _), data) in img.blobs.iter().zip(&img.data) {
+            tree.blob(digest, data)?;
+            tree.layer_link(repo, digest)?;
+        }
+        tree.blob(&img.digest, &img.manifest)?;
+        tree.revision_link(repo, &img.digest)?;
+        tree.tag(repo, tag, &img.digest)
+    })?;
+    Ok(images)
+}
