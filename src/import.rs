@@ -351,7 +351,7 @@ impl Run<'_> {
                 self.problem(
                     "missing-blob",
                     path,
-                    format!("links {digest}, whose object is missing"),
+                    format!("links {digest}, whose object is missing or damaged"),
                 );
             }
         }
@@ -459,7 +459,7 @@ impl Run<'_> {
                 self.problem(
                     "missing-blob",
                     path,
-                    format!("the manifest references {blob}, whose object is missing"),
+                    format!("the manifest references {blob}, whose object is missing or damaged"),
                 );
                 return Ok(false);
             }

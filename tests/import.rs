@@ -502,3 +502,46 @@ async fn a_killed_import_resumes_to_the_same_end_state() {
         repos
     );
 }
+
+/// `--verify` hashes every blob (a flipped byte is reported and the manifest skipped; without
+/// it the sizes match and nothing is noticed), and `--repositories` limits the import.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_hashes_blobs_and_a_pattern_limits_the_import() {
+    let env = TestEnv::new(Backend::SqliteFs).await;
+    let d = start_distribution(&env).await;
+    let flipped = images::single(OCI_MANIFEST, "linux/amd64", &[71], 1000);
+    push(&d.client, "team/a/flipped", "v1", &flipped).await;
+    let other = images::single(OCI_MANIFEST, "linux/amd64", &[72], 1000);
+    push(&d.client, "other/b", "v1", &other).await;
+    drop(d);
+    let layer = sha256(&flipped.blobs[1]);
+    let hex = &layer[7..];
+    let path = env.dir.path().join(format!(
+        "storage/docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+
+    let unverified = import(&env, &["--dry-run"], &[]);
+    assert_eq!(problem_kinds(&unverified), Vec::<String>::new());
+    let verified = import(&env, &["--dry-run", "--verify"], &[]);
+    assert_eq!(
+        problem_kinds(&verified),
+        [
+            "digest-mismatch",         // the object
+            "missing-blob",            // its layer link
+            "missing-blob",            // the manifest that references it
+            "tag-to-missing-revision", // the manifest's tag
+        ],
+        "{verified:#}"
+    );
+
+    let only = import(&env, &["--repositories", "other/*"], &[]);
+    assert_eq!(only["repositories"], 1);
+    let s = env.start().await;
+    let catalog: serde_json::Value = s.client.get("/v2/_catalog").await.json().await.unwrap();
+    assert_eq!(catalog["repositories"], serde_json::json!(["other/b"]));
+    s.client.pull_and_verify("other/b", "v1").await;
+}
