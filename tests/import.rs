@@ -545,3 +545,31 @@ async fn verify_hashes_blobs_and_a_pattern_limits_the_import() {
     assert_eq!(catalog["repositories"], serde_json::json!(["other/b"]));
     s.client.pull_and_verify("other/b", "v1").await;
 }
+
+/// Online: wharf serves and collects garbage every 20 ms while the import runs, and
+/// Distribution keeps serving the tree (read-only) alongside. Every imported tag pulls from
+/// wharf once the grace period is over and GC has run many times, and Distribution still
+/// serves what it served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn importing_while_wharf_collects_garbage_and_distribution_serves() {
+    let env = TestEnv::new(Backend::PostgresFs).await;
+    let d = start_distribution(&env).await;
+    let (kept, deleted) = fill(&d).await;
+    let s = env
+        .start_with(&[
+            ("REGISTRY_GC_INTERVAL", "20ms"),
+            ("REGISTRY_GC_GRACEPERIOD", "2s"),
+            ("REGISTRY_GC_FULLINTERVAL", "100ms"),
+        ])
+        .await;
+    let report = import(&env, &[], &[]);
+    assert_eq!(problem_kinds(&report), Vec::<String>::new(), "{report:#}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_serves(&s, &kept, &deleted).await;
+    for (repo, tag, img) in &kept {
+        let r = d.client.get(&format!("/v2/{repo}/manifests/{tag}")).await;
+        assert_eq!(r.status(), 200, "Distribution still serves {repo}:{tag}");
+        assert_eq!(r.bytes().await.unwrap().as_ref(), &img.manifest[..]);
+        d.client.pull_and_verify(repo, tag).await;
+    }
+}

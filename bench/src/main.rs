@@ -398,7 +398,7 @@ impl Bench {
     /// `wharf import` of a Distribution tree of 10k manifests on disk, beside copying the
     /// same images into a fresh wharf over the API (8 clients; the least a copy costs: no
     /// reading from a source registry).
-    async fn import(&self) -> anyhow::Result<()> {
+    async fn import(&self, postgres: &str) -> anyhow::Result<()> {
         const MANIFESTS: usize = 10_000;
         let section = "import";
         self.fresh(section)?;
@@ -458,6 +458,8 @@ impl Bench {
         let api_s = started.elapsed().as_secs_f64();
         server.stop();
 
+        let (s3_secs, s3_objects) = self.import_s3(&root, postgres).await?;
+
         let mut out = Out::start("wharf", "import.10k_manifests_fs", None);
         out.metric("import_s", secs, "info");
         out.metric("import_peak_rss_MB", rss, "info");
@@ -467,9 +469,87 @@ impl Bench {
         out.metric("api_copy_s", api_s, "info");
         out.metric("import_vs_api_copy_x", api_s / secs, "info");
         out.finish();
+        let mut out = Out::start("wharf", "import.10k_manifests_s3", None);
+        out.metric("import_s", s3_secs, "info");
+        out.metric("manifests_per_s", MANIFESTS as f64 / s3_secs, "info");
+        out.metric("objects_per_s", s3_objects as f64 / s3_secs, "info");
+        out.finish();
         self.fresh(section)?;
         self.fresh("import-api")?;
         Ok(())
+    }
+
+    /// The same tree on S3 (the local moto server; wharf with PostgreSQL when one answers):
+    /// uploaded file by file, then imported. Returns the import's seconds and the objects.
+    async fn import_s3(&self, tree: &Path, postgres: &str) -> anyhow::Result<(f64, usize)> {
+        let dir = self.work.join("import-s3");
+        self.fresh("import-s3")?;
+        std::fs::create_dir_all(&dir)?;
+        let moto = servers::Moto::start(&dir, &["tree"]).await?;
+        let mut files = Vec::new();
+        let mut dirs = vec![tree.to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d)? {
+                let e = e?;
+                if e.file_type()?.is_dir() {
+                    dirs.push(e.path());
+                } else {
+                    files.push(e.path());
+                }
+            }
+        }
+        let started = Instant::now();
+        let client = reqwest::Client::builder().no_proxy().build()?;
+        let uploads = futures_util::stream::iter(files.iter().map(|f| {
+            let key = f.strip_prefix(tree).unwrap().to_string_lossy().into_owned();
+            let url = format!("{}/tree/{key}", moto.endpoint);
+            let client = client.clone();
+            let f = f.clone();
+            async move {
+                let r = client.put(url).body(std::fs::read(&f)?).send().await?;
+                ensure!(r.status().is_success(), "PUT {key}: {}", r.status());
+                anyhow::Ok(())
+            }
+        }));
+        use futures_util::StreamExt;
+        let results: Vec<anyhow::Result<()>> = uploads.buffer_unordered(32).collect().await;
+        results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+        let objects = seed::Tree::new(tree).count_blobs()?;
+        eprintln!(
+            "  uploaded the tree to S3: {} files ({:.1} s)",
+            files.len(),
+            started.elapsed().as_secs_f64()
+        );
+        let db = scratch_database(postgres).await?;
+        let storage = Storage::S3 {
+            endpoint: moto.endpoint.clone(),
+            bucket: "tree".into(),
+        };
+        let w = self.setup(
+            Kind::Wharf,
+            "import-s3",
+            Some(storage),
+            db.as_ref().map(|d| d.url.clone()),
+        );
+        let cfg = w.write_config(servers::free_port()?)?;
+        let mut cmd = Command::new(&self.wharf);
+        cmd.arg("--config")
+            .arg(&cfg)
+            .args(["import", "--json", "--concurrency", "8"])
+            .env_remove("RUST_LOG")
+            .env("REGISTRY_LOG_LEVEL", "warn");
+        let (secs, _, report) = servers::run_timed(cmd, &w.dir.join("import.log"))?;
+        let report: serde_json::Value = serde_json::from_str(&report)?;
+        ensure!(
+            report["problems"].as_array().is_some_and(|p| p.is_empty()),
+            "the S3 import reported problems: {report}"
+        );
+        if let Some(db) = db {
+            db.drop().await?;
+        }
+        drop(moto);
+        self.fresh("import-s3")?;
+        Ok((secs, objects))
     }
 
     async fn s3(&self, postgres: &str) -> anyhow::Result<()> {
@@ -701,7 +781,7 @@ async fn main() -> anyhow::Result<()> {
                     "fs" => bench.fs().await?,
                     "lists" => bench.lists().await?,
                     "gc" => bench.gc().await?,
-                    "import" => bench.import().await?,
+                    "import" => bench.import(&postgres).await?,
                     _ => bench.s3(&postgres).await?,
                 }
             }
