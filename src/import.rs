@@ -287,6 +287,19 @@ impl Run<'_> {
             }
         }
 
+        // Tags, by the manifest they point at: a tagged manifest is stored under its tag at
+        // once (an untagged one would be garbage to GC after the grace period).
+        let mut tags_of: BTreeMap<Digest, Vec<(Tag, String)>> = BTreeMap::new();
+        for (tag, path) in &tree.tags {
+            let Ok(t) = tag.parse::<Tag>() else {
+                self.problem("invalid-tag", path, format!("{tag:?} is not a valid tag"));
+                continue;
+            };
+            if let Some(digest) = self.read_link(path, None).await {
+                tags_of.entry(digest).or_default().push((t, path.clone()));
+            }
+        }
+
         // Store them children first (an index needs its children), referrers last.
         let mut stored: BTreeSet<Digest> = BTreeSet::new();
         let mut failed: BTreeSet<Digest> = BTreeSet::new();
@@ -317,8 +330,9 @@ impl Run<'_> {
                     continue;
                 }
                 progressed = true;
+                let tags = tags_of.get(*digest).map(Vec::as_slice).unwrap_or_default();
                 if self
-                    .store_manifest(&repo, digest, payload, parsed, path, &mut counts)
+                    .store_manifest(&repo, digest, payload, parsed, path, tags, &mut counts)
                     .await?
                 {
                     stored.insert((*digest).clone());
@@ -356,31 +370,18 @@ impl Run<'_> {
             }
         }
 
-        // Tags.
-        for (tag, path) in &tree.tags {
-            let Ok(t) = tag.parse::<Tag>() else {
-                self.problem("invalid-tag", path, format!("{tag:?} is not a valid tag"));
+        // Tags whose manifest was not stored.
+        for (digest, tags) in &tags_of {
+            if stored.contains(digest) {
                 continue;
-            };
-            let Some(digest) = self.read_link(path, None).await else {
-                continue;
-            };
-            let Some((payload, _, _)) = manifests.get(&digest).filter(|_| stored.contains(&digest))
-            else {
+            }
+            for (_, path) in tags {
                 self.problem(
                     "tag-to-missing-revision",
                     path,
                     format!("the tag points at {digest}, which the repository does not hold (or was skipped)"),
                 );
-                continue;
-            };
-            if !self.options.dry_run {
-                self.registry
-                    .put_manifest(&repo, &Reference::Tag(t), None, payload)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("tagging {name}:{tag}: {e}"))?;
             }
-            counts.tags += 1;
         }
         Ok(counts)
     }
@@ -444,7 +445,9 @@ impl Run<'_> {
         }
     }
 
-    /// Adopts the manifest's blobs and stores it (by digest). False when it cannot be.
+    /// Adopts the manifest's blobs and stores it, under each of its tags (or by digest when
+    /// it has none). False when it cannot be stored.
+    #[allow(clippy::too_many_arguments)]
     async fn store_manifest(
         &self,
         repo: &RepoName,
@@ -452,6 +455,7 @@ impl Run<'_> {
         payload: &Bytes,
         parsed: &manifest::ParsedManifest,
         path: &str,
+        tags: &[(Tag, String)],
         counts: &mut RepoCounts,
     ) -> anyhow::Result<bool> {
         for blob in &parsed.blobs {
@@ -465,15 +469,32 @@ impl Run<'_> {
             }
             counts.blob_links += 1;
         }
-        if !self.options.dry_run {
-            if let Err(e) = self
-                .registry
-                .put_manifest(repo, &Reference::Digest(digest.clone()), None, payload)
-                .await
-            {
-                self.problem("manifest-refused", path, e.to_string());
-                return Ok(false);
+        let references: Vec<(Reference, &str)> = if tags.is_empty() {
+            vec![(Reference::Digest(digest.clone()), path)]
+        } else {
+            tags.iter()
+                .map(|(t, p)| (Reference::Tag(t.clone()), p.as_str()))
+                .collect()
+        };
+        let mut stored = false;
+        for (reference, at) in references {
+            if !self.options.dry_run {
+                if let Err(e) = self
+                    .registry
+                    .put_manifest(repo, &reference, None, payload)
+                    .await
+                {
+                    self.problem("manifest-refused", at, e.to_string());
+                    continue;
+                }
             }
+            stored = true;
+            if let Reference::Tag(_) = reference {
+                counts.tags += 1;
+            }
+        }
+        if !stored {
+            return Ok(false);
         }
         counts.manifests += 1;
         self.manifests_done.fetch_add(1, Ordering::Relaxed);

@@ -567,9 +567,16 @@ async fn importing_while_wharf_collects_garbage_and_distribution_serves() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_serves(&s, &kept, &deleted).await;
     for (repo, tag, img) in &kept {
-        let r = d.client.get(&format!("/v2/{repo}/manifests/{tag}")).await;
+        // pull_and_verify also fetches every child and blob and checks each digest.
+        d.client.pull_and_verify(repo, tag).await;
+        let r = d
+            .client
+            .req(reqwest::Method::GET, &format!("/v2/{repo}/manifests/{tag}"))
+            .header("Accept", &img.media_type)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "Distribution still serves {repo}:{tag}");
         assert_eq!(r.bytes().await.unwrap().as_ref(), &img.manifest[..]);
-        d.client.pull_and_verify(repo, tag).await;
     }
 }
