@@ -251,13 +251,13 @@ impl Run<'_> {
 
     /// Adopts `digest` into `repo` (after checking it). False when its object is missing.
     async fn adopt(&self, repo: &RepoName, digest: &Digest) -> anyhow::Result<bool> {
-        if self.check_blob(digest).await?.is_none() {
+        let Some(size) = self.check_blob(digest).await? else {
             return Ok(false);
-        }
+        };
         if self.options.dry_run {
             return Ok(true);
         }
-        let adopted = self.registry.adopt_blob(repo, digest).await?;
+        let adopted = self.registry.adopt_blob(repo, digest, size).await?;
         if let Some(n) = adopted {
             self.bytes_adopted.fetch_add(n, Ordering::Relaxed);
         }

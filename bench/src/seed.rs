@@ -337,7 +337,7 @@ pub fn import_tree(root: &Path, manifests: usize) -> anyhow::Result<Vec<(String,
     let tree = Tree::new(root);
     let mut images = Vec::with_capacity(manifests);
     for i in 0..manifests {
-        let repo = format!("import/team{:02}/app{:04}", i % 37, i / 10);
+        let repo = format!("import/team{:02}/app{:04}", (i / 10) % 37, i / 10);
         let mut img = Image::new(500_000 + i as u64, 2, 4096);
         // Every image of a repository shares its first layer.
         let shared = Noise::bytes(900_000 + (i / 10) as u64, 4096);

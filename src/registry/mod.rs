@@ -290,15 +290,18 @@ impl Registry {
         Ok(self.meta.link_blob(repo, digest).await?)
     }
 
-    /// Adopts an object another program stored at the blob's path (a Distribution tree being
-    /// imported): records the blob, links it into `repo` and returns its size, or None when no
-    /// object is there. The object is checked again under the blob row's lock, so a GC run that
-    /// was deleting the digest cannot leave a row without its object.
+    /// Adopts an object of `size` bytes another program stored at the blob's path (a
+    /// Distribution tree being imported): records the blob, links it into `repo` and returns
+    /// its size, or None when no such object is there. The object is checked under the blob
+    /// row's lock, so a GC run that was deleting the digest cannot leave a row without its
+    /// object.
     #[tracing::instrument(skip_all, fields(repository = %repo))]
-    pub async fn adopt_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
-        let Some(size) = self.storage.blob_stat(digest).await? else {
-            return Ok(None);
-        };
+    pub async fn adopt_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<Option<u64>> {
         let commit = self.meta.begin_blob_commit(digest, size).await?;
         if self.storage.blob_stat(digest).await? != Some(size) {
             return Ok(None);
