@@ -56,7 +56,7 @@ enum Cmd {
         /// Scratch directory: stores, layouts (kept between runs), logs and results.
         #[arg(long, default_value = "target/bench")]
         work: PathBuf,
-        /// Comma-separated sections to run (limits, fs, lists, gc, s3); default all.
+        /// Comma-separated sections to run (limits, fs, lists, gc, import, s3); default all.
         #[arg(long)]
         only: Option<String>,
         /// Seconds each timed load runs.
