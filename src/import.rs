@@ -220,6 +220,18 @@ impl Run<'_> {
         Some(digest)
     }
 
+    /// Reads link files named by digest (`_layers`, `_manifests/revisions`), 16 at a time.
+    async fn read_links<'t>(
+        &self,
+        links: &'t BTreeMap<String, String>,
+    ) -> Vec<(&'t String, Option<Digest>)> {
+        stream::iter(links.iter())
+            .map(|(d, path)| async move { (path, self.read_link(path, Some(d)).await) })
+            .buffer_unordered(16)
+            .collect()
+            .await
+    }
+
     /// Checks the blob's object once per run (size; with `verify`, its content hash).
     async fn check_blob(&self, digest: &Digest) -> anyhow::Result<Option<u64>> {
         if let Some(known) = self.blobs.lock().unwrap().get(digest.as_str()) {
@@ -275,12 +287,7 @@ impl Run<'_> {
         // Manifests: their payloads, parsed.
         let mut manifests: BTreeMap<Digest, (Bytes, manifest::ParsedManifest, String)> =
             BTreeMap::new();
-        let revisions: Vec<_> = stream::iter(tree.revisions.iter())
-            .map(|(d, path)| async move { (path, self.read_link(path, Some(d)).await) })
-            .buffer_unordered(16)
-            .collect()
-            .await;
-        for (path, digest) in revisions {
+        for (path, digest) in self.read_links(&tree.revisions).await {
             let Some(digest) = digest else { continue };
             if let Some((payload, parsed)) = self.read_manifest(path, &digest).await? {
                 manifests.insert(digest, (payload, parsed, path.clone()));
@@ -346,12 +353,7 @@ impl Run<'_> {
         }
 
         // Links no manifest accounted for (a blob pushed but never referenced, say).
-        let links: Vec<_> = stream::iter(tree.layers.iter())
-            .map(|(d, path)| async move { (path, self.read_link(path, Some(d)).await) })
-            .buffer_unordered(16)
-            .collect()
-            .await;
-        for (path, digest) in links {
+        for (path, digest) in self.read_links(&tree.layers).await {
             let Some(digest) = digest else { continue };
             let referenced = manifests
                 .iter()

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::images::{self, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
-use common::{Backend, Client, TestEnv, TestServer, sha256};
+use common::{Backend, Client, TestEnv, TestServer, free_port, sha256};
 use wharf::meta::GcPolicy;
 
 backend_tests!(a_distribution_tree_imports_in_place);
@@ -28,14 +28,6 @@ impl Drop for Distribution {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn start_distribution(env: &TestEnv) -> Distribution {

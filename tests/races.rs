@@ -424,6 +424,36 @@ async fn until_waiting(env: &TestEnv, n: i64) {
     panic!("{n} sessions never waited on locks together: the race was not reached");
 }
 
+/// Deadlocks PostgreSQL counted in the test's database so far.
+async fn deadlocks(admin: &tokio_postgres::Client) -> i64 {
+    admin
+        .execute("SELECT pg_stat_clear_snapshot()", &[])
+        .await
+        .unwrap();
+    admin
+        .query_one(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Fails if PostgreSQL counts a deadlock beyond `before` within the next 3 s: one is
+/// detected after deadlock_timeout (1 s) and reported to the statistics at the detecting
+/// backend's next idle moment.
+async fn assert_no_deadlock_since(admin: &tokio_postgres::Client, before: i64, what: &str) {
+    for _ in 0..30 {
+        assert_eq!(
+            deadlocks(admin).await,
+            before,
+            "a deadlock formed between {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// An index PUT locks its children `FOR SHARE` while GC's manifest pass locks the same rows
 /// `FOR UPDATE`. Both must take them in one order (by id), or each holds what the other waits
 /// for: a deadlock, which PostgreSQL breaks by failing one of them. The children are chosen so
@@ -473,8 +503,7 @@ async fn index_put_and_gc_lock_children_in_one_order(b: Backend, digests_reverse
         .await
         .unwrap();
     tokio::spawn(conn);
-    let deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()";
-    let before: i64 = admin.query_one(deadlocks, &[]).await.unwrap().get(0);
+    let before = deadlocks(&admin).await;
     let holder = admin.transaction().await.unwrap();
     holder
         .execute(
@@ -505,20 +534,7 @@ async fn index_put_and_gc_lock_children_in_one_order(b: Backend, digests_reverse
         status == 201 || status == 400,
         "index PUT answered {status}"
     );
-    // A deadlock is detected after deadlock_timeout (1 s) and the detecting backend reports it
-    // to the statistics at its next idle moment: watch the counter for a while.
-    for _ in 0..30 {
-        admin
-            .execute("SELECT pg_stat_clear_snapshot()", &[])
-            .await
-            .unwrap();
-        let after: i64 = admin.query_one(deadlocks, &[]).await.unwrap().get(0);
-        assert_eq!(
-            after, before,
-            "a deadlock formed between the index PUT and GC"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert_no_deadlock_since(&admin, before, "the index PUT and GC").await;
     assert_fsck_clean(&s).await;
 }
 
@@ -582,8 +598,7 @@ async fn review_queue_rows_are_locked_in_one_order(b: Backend) {
         .await
         .unwrap();
     tokio::spawn(conn);
-    let deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()";
-    let before: i64 = admin.query_one(deadlocks, &[]).await.unwrap().get(0);
+    let before = deadlocks(&admin).await;
     let holder = admin.transaction().await.unwrap();
     let held = holder
         .execute(
@@ -609,20 +624,7 @@ async fn review_queue_rows_are_locked_in_one_order(b: Backend) {
     assert_eq!(delete.await.unwrap(), 202);
     let report = gc.await.unwrap();
     assert!(report.manifests_deleted >= 2, "{report:?}");
-    // A deadlock is detected after deadlock_timeout (1 s) and reported to the statistics at
-    // the detecting backend's next idle moment: watch the counter for a while.
-    for _ in 0..30 {
-        admin
-            .execute("SELECT pg_stat_clear_snapshot()", &[])
-            .await
-            .unwrap();
-        let after: i64 = admin.query_one(deadlocks, &[]).await.unwrap().get(0);
-        assert_eq!(
-            after, before,
-            "a deadlock formed between the manifest DELETE and GC"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert_no_deadlock_since(&admin, before, "the manifest DELETE and GC").await;
     assert_fsck_clean(&s).await;
 }
 
