@@ -48,10 +48,7 @@ async fn missing_object_behind_a_row_is_counted(b: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_database_answers_503_with_retry_after() {
     let env = TestEnv::new(Backend::PostgresFs).await;
-    let (admin, conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let admin = common::pg_connect(&env.db.url).await;
     let db: String = admin
         .query_one("SELECT current_database()", &[])
         .await
@@ -67,10 +64,7 @@ async fn busy_database_answers_503_with_retry_after() {
     s.client.push_image("busy/app", "v1", &img).await;
     assert_eq!(s.client.get("/v2/busy/app/tags/list").await.status(), 200);
 
-    let (mut locker, conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut locker = common::pg_connect(&env.db.url).await;
     let tx = locker.transaction().await.unwrap();
     tx.batch_execute("LOCK TABLE tags IN ACCESS EXCLUSIVE MODE")
         .await

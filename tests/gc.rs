@@ -553,10 +553,7 @@ async fn pg_deadlocks(env: &TestEnv) -> Option<i64> {
     if env.backend == Backend::SqliteFs {
         return None;
     }
-    let (client, conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = common::pg_connect(&env.db.url).await;
     // Backends report to the statistics when idle, at most once a second.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     client

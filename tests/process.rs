@@ -27,6 +27,16 @@ struct Process {
     client: Client,
 }
 
+/// What `wharf migrate --status` prints for the environment's database.
+fn migrate_status(env: &TestEnv) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["migrate", "--status"])
+        .envs(env.env_vars())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 async fn spawn(env: &TestEnv) -> Process {
     spawn_with(env, &[]).await
 }
@@ -510,12 +520,7 @@ async fn replicas_starting_together_all_start(b: Backend) {
     for r in &replicas {
         r.client.pull_and_verify("many/app", "v1").await;
     }
-    let status = Command::new(env!("CARGO_BIN_EXE_wharf"))
-        .args(["migrate", "--status"])
-        .envs(fresh.env_vars())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&status.stdout);
+    let text = migrate_status(&fresh);
     assert!(
         text.contains(" 0 pending") || text.contains("applied, 0 pending"),
         "{text}"
@@ -543,10 +548,7 @@ async fn a_newer_schema_is_refused_naming_both_versions(b: Backend) {
                 .unwrap();
         }
         _ => {
-            let (client, conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
+            let client = common::pg_connect(&env.db.url).await;
             client.execute(future, &[]).await.unwrap();
         }
     }
@@ -578,12 +580,7 @@ async fn a_newer_schema_is_refused_naming_both_versions(b: Backend) {
         err.contains("version 999") && err.contains(&format!("up to {newest}")),
         "{err}"
     );
-    let status = Command::new(env!("CARGO_BIN_EXE_wharf"))
-        .args(["migrate", "--status"])
-        .envs(env.env_vars())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&status.stdout);
+    let text = migrate_status(&env);
     assert!(
         text.contains("from_the_future") && text.contains("unknown to this wharf"),
         "{text}"

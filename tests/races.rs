@@ -27,10 +27,7 @@ backend_tests!(
 /// PostgreSQL tests optionally run at another default isolation level (the protocol sets
 /// READ COMMITTED itself; the operator's default must not matter).
 async fn set_default_isolation(env: &TestEnv, level: &str) {
-    let (client, conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = common::pg_connect(&env.db.url).await;
     client
         .batch_execute(&format!(
             "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_isolation = ''{level}''', current_database()); END $$"
@@ -375,10 +372,7 @@ async fn gc_phase2_lock_lost_against_reupload(b: Backend) {
     };
     pause.reached().await;
     // The GC's session ends (an idle-in-transaction timeout, a failover, an operator).
-    let (admin, conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let admin = common::pg_connect(&env.db.url).await;
     let killed: i64 = admin
         .query_one(
             "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
@@ -403,10 +397,7 @@ async fn gc_phase2_lock_lost_against_reupload(b: Backend) {
 
 /// Returns once `n` sessions of the test's database wait on locks.
 async fn until_waiting(env: &TestEnv, n: i64) {
-    let (client, conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = common::pg_connect(&env.db.url).await;
     for _ in 0..500 {
         let waiting: i64 = client
             .query_one(
@@ -464,10 +455,7 @@ async fn index_put_and_gc_lock_children_in_one_order(b: Backend, digests_reverse
     // On a store of real size the PUT reads its children through the (repository, digest)
     // index, i.e. in digest order; on this tiny one the planner would scan the table in id
     // order and hide the problem.
-    let (client, conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = common::pg_connect(&env.db.url).await;
     client
         .batch_execute(
             "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET enable_seqscan = off', current_database()); EXECUTE format('ALTER DATABASE %I SET enable_bitmapscan = off', current_database()); END $$",
@@ -499,10 +487,7 @@ async fn index_put_and_gc_lock_children_in_one_order(b: Backend, digests_reverse
     }
     let policy = policy_now().await;
 
-    let (mut admin, conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut admin = common::pg_connect(&env.db.url).await;
     let before = deadlocks(&admin).await;
     let holder = admin.transaction().await.unwrap();
     holder
@@ -594,10 +579,7 @@ async fn review_queue_rows_are_locked_in_one_order(b: Backend) {
         .await;
     let policy = policy_now().await;
 
-    let (mut admin, conn) = tokio_postgres::connect(&env.db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut admin = common::pg_connect(&env.db.url).await;
     let before = deadlocks(&admin).await;
     let holder = admin.transaction().await.unwrap();
     let held = holder

@@ -74,31 +74,33 @@ impl WriteTx {
     /// `commit` only, so that these are the transaction's last locks.
     pub(super) async fn write_reviews(&mut self) -> MetaResult<()> {
         let pending = std::mem::take(&mut self.reviews);
-        let manifests: Vec<(i64, i64)> = pending.manifests.into_iter().collect();
-        for chunk in manifests.chunks(REVIEW_BATCH) {
+        self.upsert_reviews("gc_manifest_reviews", "manifest_id", pending.manifests)
+            .await?;
+        self.upsert_reviews("gc_blob_reviews", "blob_digest", pending.blobs)
+            .await
+    }
+
+    /// Upserts `rows` (key → due, in key order) into one queue table; an earlier due wins.
+    async fn upsert_reviews<K>(
+        &mut self,
+        table: &str,
+        key: &str,
+        rows: BTreeMap<K, i64>,
+    ) -> MetaResult<()>
+    where
+        K: for<'q> sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any> + Clone + Send,
+    {
+        let rows: Vec<(K, i64)> = rows.into_iter().collect();
+        for chunk in rows.chunks(REVIEW_BATCH) {
             let sql = format!(
-                "INSERT INTO gc_manifest_reviews (manifest_id, due) VALUES {}
-                 ON CONFLICT (manifest_id) DO UPDATE SET due = CASE WHEN excluded.due < gc_manifest_reviews.due
-                                                                    THEN excluded.due ELSE gc_manifest_reviews.due END",
+                "INSERT INTO {table} ({key}, due) VALUES {}
+                 ON CONFLICT ({key}) DO UPDATE SET due = CASE WHEN excluded.due < {table}.due
+                                                         THEN excluded.due ELSE {table}.due END",
                 value_pairs(chunk.len())
             );
             let mut q = sqlx::query(&sql);
-            for (id, due) in chunk {
-                q = q.bind(*id).bind(*due);
-            }
-            q.execute(self.conn()).await?;
-        }
-        let blobs: Vec<(String, i64)> = pending.blobs.into_iter().collect();
-        for chunk in blobs.chunks(REVIEW_BATCH) {
-            let sql = format!(
-                "INSERT INTO gc_blob_reviews (blob_digest, due) VALUES {}
-                 ON CONFLICT (blob_digest) DO UPDATE SET due = CASE WHEN excluded.due < gc_blob_reviews.due
-                                                                    THEN excluded.due ELSE gc_blob_reviews.due END",
-                value_pairs(chunk.len())
-            );
-            let mut q = sqlx::query(&sql);
-            for (digest, due) in chunk {
-                q = q.bind(digest.as_str()).bind(*due);
+            for (k, due) in chunk {
+                q = q.bind(k.clone()).bind(*due);
             }
             q.execute(self.conn()).await?;
         }
