@@ -4,6 +4,9 @@
 //! can be removed. (GC deletes an object before its row, so a GC crash leaves a `deleting`
 //! row, never an orphan.) Active rows whose object is missing would be data loss: they are
 //! reported, never "repaired".
+//!
+//! It also checks the maintained usage aggregates against the views that define them
+//! (`crate::usage::check`); `--repair` rebuilds the aggregates from the edge tables.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -30,6 +33,10 @@ pub struct FsckReport {
     /// Missing or damaged objects recorded as lost (`--repair`): clients are then told the
     /// blob is not stored, push it again, and the push restores it.
     pub marked_lost: u64,
+    /// Usage figures the maintained aggregates got wrong (compared with the views).
+    pub usage_differences: Vec<String>,
+    /// `--repair` rebuilt the usage aggregates because of those differences.
+    pub usage_rebuilt: bool,
 }
 
 /// What a run may change.
@@ -47,6 +54,7 @@ impl FsckReport {
         self.orphans.len() as u64 == self.orphans_deleted
             && self.missing.is_empty()
             && self.size_mismatch.is_empty()
+            && (self.usage_differences.is_empty() || self.usage_rebuilt)
     }
 }
 
@@ -105,6 +113,15 @@ pub async fn run(
                 report.marked_lost += 1;
             }
         }
+    }
+    report.usage_differences = crate::usage::check(meta).await?;
+    if repair && !report.usage_differences.is_empty() {
+        tracing::warn!(
+            differences = report.usage_differences.len(),
+            "usage aggregates disagree with the edge tables; rebuilding them"
+        );
+        meta.rebuild_usage().await?;
+        report.usage_rebuilt = true;
     }
     for o in &objects {
         if known.contains_key(&o.digest) {

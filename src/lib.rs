@@ -299,14 +299,31 @@ fn num_cpus() -> usize {
         .unwrap_or(2)
 }
 
-/// Background maintenance inside `wharf serve`: purging abandoned uploads.
+/// How often the server folds the usage journal into the aggregates (reports fold first
+/// anyway; this keeps the journal short).
+const USAGE_FOLD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Background maintenance inside `wharf serve`: folding the usage journal, purging abandoned
+/// uploads.
 pub fn spawn_maintenance(registry: Arc<Registry>, config: &Config) {
-    let purge = config.storage.maintenance.uploadpurging.clone();
-    if !purge.enabled {
+    if config.storage.maintenance.readonly.enabled {
+        tracing::info!("read-only mode: upload purging and usage folding are paused");
         return;
     }
-    if config.storage.maintenance.readonly.enabled {
-        tracing::info!("read-only mode: upload purging is paused");
+    let folder = registry.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(USAGE_FOLD_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            // Whichever replica gets the fold lock folds; the others skip this round.
+            if let Err(e) = folder.fold_usage(false).await {
+                tracing::warn!(error = format!("{e:#}"), "folding the usage journal failed");
+            }
+        }
+    });
+    let purge = config.storage.maintenance.uploadpurging.clone();
+    if !purge.enabled {
         return;
     }
     tokio::spawn(async move {

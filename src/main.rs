@@ -327,6 +327,12 @@ async fn fsck(
         for b in &report.size_mismatch {
             println!("SIZE    {} (object has {} bytes)", b.digest, b.size);
         }
+        for d in &report.usage_differences {
+            println!("USAGE   {d}");
+        }
+        if report.usage_rebuilt {
+            println!("usage aggregates rebuilt from the edge tables");
+        }
         println!(
             "{} objects, {} rows: {} orphans ({} deleted), {} missing, {} size mismatches ({} recorded as lost), {} pending GC deletion",
             report.objects,
@@ -343,6 +349,11 @@ async fn fsck(
         report.missing.is_empty() && report.size_mismatch.is_empty(),
         "storage and database disagree: objects are missing or damaged (see above). \
          Run `wharf fsck --repair` so that clients push them again, or push the images again"
+    );
+    anyhow::ensure!(
+        report.usage_differences.is_empty() || report.usage_rebuilt,
+        "the usage aggregates disagree with the edge tables (see USAGE above). \
+         Run `wharf fsck --repair` to rebuild them"
     );
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `wharf usage` and `GET /admin/usage`: what every repository and namespace costs, from the
-//! SQL views (see meta/usage.rs; operators can query the views directly).
+//! maintained aggregates (meta/aggregates.rs), and the check of those aggregates against the
+//! SQL views that define them (`wharf fsck`).
 
 use serde::Serialize;
 
@@ -20,6 +21,8 @@ pub struct UsageReport {
 }
 
 pub async fn report(meta: &MetaStore, namespace: &str, top: u32) -> anyhow::Result<UsageReport> {
+    // Everything committed before the report is in it.
+    meta.fold_usage(true).await?;
     Ok(UsageReport {
         namespace: namespace.to_owned(),
         registry: meta.registry_usage().await?,
@@ -28,6 +31,92 @@ pub async fn report(meta: &MetaStore, namespace: &str, top: u32) -> anyhow::Resu
         largest_images: meta.largest_images(namespace, top).await?,
         largest_blobs: meta.largest_blobs(top).await?,
     })
+}
+
+/// Compares the maintained aggregates with the views (the reference implementation) and
+/// names every figure that differs. On a registry taking writes, a write that lands between
+/// the two reads looks like a difference: differences are read again after another fold, and
+/// only those that persist are reported.
+pub async fn check(meta: &MetaStore) -> anyhow::Result<Vec<String>> {
+    let mut differences = Vec::new();
+    for _ in 0..3 {
+        meta.fold_usage(true).await?;
+        differences = compare(meta).await?;
+        if differences.is_empty() {
+            break;
+        }
+    }
+    Ok(differences)
+}
+
+async fn compare(meta: &MetaStore) -> anyhow::Result<Vec<String>> {
+    use std::collections::BTreeMap;
+    let mut out = Vec::new();
+    let (kept, reference) = (
+        meta.registry_usage().await?,
+        meta.reference_registry_usage().await?,
+    );
+    if kept != reference {
+        out.push(format!(
+            "registry: kept {kept:?}, edge tables say {reference:?}"
+        ));
+    }
+    let kept: BTreeMap<_, _> = meta
+        .repository_usage("")
+        .await?
+        .into_iter()
+        .map(|r| (r.repository, r.figures))
+        .collect();
+    let reference: BTreeMap<_, _> = meta
+        .reference_repository_usage("")
+        .await?
+        .into_iter()
+        .map(|r| (r.repository, r.figures))
+        .collect();
+    diff_maps("repository", &kept, &reference, &mut out);
+    let kept: BTreeMap<_, _> = meta
+        .namespace_usage("")
+        .await?
+        .into_iter()
+        .map(|n| (n.namespace, (n.repositories, n.figures)))
+        .collect();
+    let reference: BTreeMap<_, _> = meta
+        .reference_namespace_usage("")
+        .await?
+        .into_iter()
+        .map(|n| (n.namespace, (n.repositories, n.figures)))
+        .collect();
+    diff_maps("namespace", &kept, &reference, &mut out);
+    let (kept, reference) = (
+        meta.largest_blobs(20).await?,
+        meta.reference_largest_blobs(20).await?,
+    );
+    if kept != reference {
+        out.push(format!(
+            "largest blobs: kept {kept:?}, edge tables say {reference:?}"
+        ));
+    }
+    Ok(out)
+}
+
+fn diff_maps<V: PartialEq + std::fmt::Debug>(
+    what: &str,
+    kept: &std::collections::BTreeMap<String, V>,
+    reference: &std::collections::BTreeMap<String, V>,
+    out: &mut Vec<String>,
+) {
+    for (name, r) in reference {
+        match kept.get(name) {
+            Some(k) if k == r => {}
+            Some(k) => out.push(format!("{what} {name}: kept {k:?}, edge tables say {r:?}")),
+            None => out.push(format!("{what} {name}: not kept, edge tables say {r:?}")),
+        }
+    }
+    for name in kept.keys().filter(|n| !reference.contains_key(*n)) {
+        out.push(format!(
+            "{what} {name}: kept, but the edge tables know no such {what}"
+        ));
+    }
 }
 
 /// Bytes for people: 1536 → "1.5 KiB".

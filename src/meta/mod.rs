@@ -55,6 +55,7 @@ async fn race_backoff(what: &'static str, attempt: u32, error: &str) {
     tokio::time::sleep(Duration::from_millis((5 << attempt) + jitter)).await;
 }
 
+mod aggregates;
 mod blobs;
 mod error;
 mod gc;
@@ -71,6 +72,7 @@ mod tags;
 mod uploads;
 mod usage;
 
+pub use aggregates::FoldOutcome;
 pub use blobs::{BlobCommit, BlobRow};
 pub use error::{MetaError, MetaResult};
 pub use gc::{BlobDelete, GcBlob, GcManifest, GcPlan, GcPolicy};
@@ -283,6 +285,7 @@ impl MetaStore {
             write_gate: (dialect == Dialect::Sqlite).then(|| Arc::new(Mutex::new(()))),
         };
         store.backfill_namespaces().await?;
+        store.ensure_usage_built().await?;
         Ok(store)
     }
 

@@ -165,6 +165,12 @@ impl Registry {
         Ok(crate::usage::report(&self.meta, namespace, top).await?)
     }
 
+    /// Folds the usage journal into the aggregates (meta/aggregates.rs). `wait`: queue for
+    /// the fold lock rather than leave the round to the replica holding it.
+    pub async fn fold_usage(&self, wait: bool) -> Result<crate::meta::FoldOutcome> {
+        Ok(self.meta.fold_usage(wait).await?)
+    }
+
     /// One garbage collection run (see `gc::run`).
     #[tracing::instrument(skip_all)]
     pub async fn collect_garbage(
