@@ -11,12 +11,14 @@
 -- to look at again.
 -- SQLite twin: migrations/sqlite/V9__usage_aggregates.sql.
 
--- What to look at again: a (repository, blob) pair whose manifest edges changed, or, with
--- blob_digest NULL, a repository whose manifests, tags or index children changed.
+-- What to look at again: a (repository, blob) pair whose manifest edges changed; a manifest
+-- (manifest_id) created or deleted, or whose tags or parents changed; or, with both NULL, a
+-- repository created.
 CREATE TABLE usage_journal (
     seq            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     repository_id  BIGINT NOT NULL,
-    blob_digest    TEXT
+    blob_digest    TEXT,
+    manifest_id    BIGINT
 );
 
 -- Changes to the blobs table, as deltas (folded exactly once: read and deleted in the
@@ -56,7 +58,19 @@ CREATE TABLE usage_namespace_blobs (
 );
 CREATE INDEX usage_namespace_blobs_by_blob ON usage_namespace_blobs (blob_digest, repositories);
 
--- The figures of repository_usage, per repository.
+-- The manifests the aggregates account for, with what makes them tagged or untagged.
+-- untagged: no tag and no parent index (parents = 0).
+CREATE TABLE usage_manifests (
+    manifest_id    BIGINT PRIMARY KEY,
+    repository_id  BIGINT NOT NULL,
+    tags           BIGINT NOT NULL,
+    parents        BIGINT NOT NULL,
+    created_at     BIGINT NOT NULL
+);
+CREATE INDEX usage_manifests_by_repository ON usage_manifests (repository_id, created_at);
+
+-- The figures of repository_usage, per repository (the manifest figures are sums over its
+-- usage_manifests rows, the blob figures over its usage_repository_blobs rows).
 CREATE TABLE usage_repositories (
     repository_id       BIGINT PRIMARY KEY,
     tags                BIGINT NOT NULL,
@@ -105,10 +119,26 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE FUNCTION usage_journal_repositories() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION usage_journal_manifests() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO usage_journal (repository_id)
-    SELECT DISTINCT repository_id FROM changed;
+    INSERT INTO usage_journal (repository_id, manifest_id)
+    SELECT repository_id, id FROM changed;
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION usage_journal_tags() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO usage_journal (repository_id, manifest_id)
+    SELECT DISTINCT repository_id, manifest_id FROM changed;
+    RETURN NULL;
+END $$;
+
+-- A moved tag changes the manifest it left and the one it points at now.
+CREATE FUNCTION usage_journal_tags_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO usage_journal (repository_id, manifest_id)
+    SELECT repository_id, manifest_id FROM old_rows
+    UNION SELECT repository_id, manifest_id FROM new_rows;
     RETURN NULL;
 END $$;
 
@@ -121,8 +151,8 @@ END $$;
 -- An index's children are in the index's repository; the child outlives the edge.
 CREATE FUNCTION usage_journal_children() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO usage_journal (repository_id)
-    SELECT DISTINCT m.repository_id FROM changed c JOIN manifests m ON m.id = c.child_id;
+    INSERT INTO usage_journal (repository_id, manifest_id)
+    SELECT DISTINCT m.repository_id, m.id FROM changed c JOIN manifests m ON m.id = c.child_id;
     RETURN NULL;
 END $$;
 
@@ -163,15 +193,17 @@ CREATE TRIGGER manifest_blobs_usage_insert AFTER INSERT ON manifest_blobs
 CREATE TRIGGER manifest_blobs_usage_delete AFTER DELETE ON manifest_blobs
     REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION usage_journal_pairs();
 CREATE TRIGGER manifests_usage_insert AFTER INSERT ON manifests
-    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION usage_journal_repositories();
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION usage_journal_manifests();
 CREATE TRIGGER manifests_usage_delete AFTER DELETE ON manifests
-    REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION usage_journal_repositories();
+    REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION usage_journal_manifests();
+CREATE TRIGGER manifests_usage_update AFTER UPDATE ON manifests
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION usage_journal_manifests();
 CREATE TRIGGER tags_usage_insert AFTER INSERT ON tags
-    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION usage_journal_repositories();
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION usage_journal_tags();
 CREATE TRIGGER tags_usage_update AFTER UPDATE ON tags
-    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION usage_journal_repositories();
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION usage_journal_tags_updated();
 CREATE TRIGGER tags_usage_delete AFTER DELETE ON tags
-    REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION usage_journal_repositories();
+    REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION usage_journal_tags();
 CREATE TRIGGER manifest_children_usage_insert AFTER INSERT ON manifest_children
     REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION usage_journal_children();
 CREATE TRIGGER manifest_children_usage_delete AFTER DELETE ON manifest_children

@@ -12,7 +12,8 @@
 CREATE TABLE usage_journal (
     seq            INTEGER PRIMARY KEY,
     repository_id  BIGINT NOT NULL,
-    blob_digest    TEXT
+    blob_digest    TEXT,
+    manifest_id    BIGINT
 );
 
 CREATE TABLE usage_blob_journal (
@@ -43,6 +44,15 @@ CREATE TABLE usage_namespace_blobs (
     PRIMARY KEY (namespace, blob_digest)
 );
 CREATE INDEX usage_namespace_blobs_by_blob ON usage_namespace_blobs (blob_digest, repositories);
+
+CREATE TABLE usage_manifests (
+    manifest_id    BIGINT PRIMARY KEY,
+    repository_id  BIGINT NOT NULL,
+    tags           BIGINT NOT NULL,
+    parents        BIGINT NOT NULL,
+    created_at     BIGINT NOT NULL
+);
+CREATE INDEX usage_manifests_by_repository ON usage_manifests (repository_id, created_at);
 
 CREATE TABLE usage_repositories (
     repository_id       BIGINT PRIMARY KEY,
@@ -87,27 +97,32 @@ CREATE TRIGGER manifest_blobs_usage_delete AFTER DELETE ON manifest_blobs BEGIN
     INSERT INTO usage_journal (repository_id, blob_digest) VALUES (OLD.repository_id, OLD.blob_digest);
 END;
 CREATE TRIGGER manifests_usage_insert AFTER INSERT ON manifests BEGIN
-    INSERT INTO usage_journal (repository_id) VALUES (NEW.repository_id);
+    INSERT INTO usage_journal (repository_id, manifest_id) VALUES (NEW.repository_id, NEW.id);
 END;
 CREATE TRIGGER manifests_usage_delete AFTER DELETE ON manifests BEGIN
-    INSERT INTO usage_journal (repository_id) VALUES (OLD.repository_id);
+    INSERT INTO usage_journal (repository_id, manifest_id) VALUES (OLD.repository_id, OLD.id);
+END;
+CREATE TRIGGER manifests_usage_update AFTER UPDATE OF created_at, repository_id ON manifests BEGIN
+    INSERT INTO usage_journal (repository_id, manifest_id) VALUES (NEW.repository_id, NEW.id);
 END;
 CREATE TRIGGER tags_usage_insert AFTER INSERT ON tags BEGIN
-    INSERT INTO usage_journal (repository_id) VALUES (NEW.repository_id);
+    INSERT INTO usage_journal (repository_id, manifest_id) VALUES (NEW.repository_id, NEW.manifest_id);
 END;
-CREATE TRIGGER tags_usage_update AFTER UPDATE ON tags BEGIN
-    INSERT INTO usage_journal (repository_id) VALUES (NEW.repository_id);
+CREATE TRIGGER tags_usage_update AFTER UPDATE OF manifest_id ON tags
+WHEN OLD.manifest_id <> NEW.manifest_id BEGIN
+    INSERT INTO usage_journal (repository_id, manifest_id) VALUES (OLD.repository_id, OLD.manifest_id);
+    INSERT INTO usage_journal (repository_id, manifest_id) VALUES (NEW.repository_id, NEW.manifest_id);
 END;
 CREATE TRIGGER tags_usage_delete AFTER DELETE ON tags BEGIN
-    INSERT INTO usage_journal (repository_id) VALUES (OLD.repository_id);
+    INSERT INTO usage_journal (repository_id, manifest_id) VALUES (OLD.repository_id, OLD.manifest_id);
 END;
 CREATE TRIGGER manifest_children_usage_insert AFTER INSERT ON manifest_children BEGIN
-    INSERT INTO usage_journal (repository_id)
-    SELECT repository_id FROM manifests WHERE id = NEW.child_id;
+    INSERT INTO usage_journal (repository_id, manifest_id)
+    SELECT repository_id, id FROM manifests WHERE id = NEW.child_id;
 END;
 CREATE TRIGGER manifest_children_usage_delete AFTER DELETE ON manifest_children BEGIN
-    INSERT INTO usage_journal (repository_id)
-    SELECT repository_id FROM manifests WHERE id = OLD.child_id;
+    INSERT INTO usage_journal (repository_id, manifest_id)
+    SELECT repository_id, id FROM manifests WHERE id = OLD.child_id;
 END;
 CREATE TRIGGER repositories_usage_insert AFTER INSERT ON repositories BEGIN
     INSERT INTO usage_journal (repository_id) VALUES (NEW.id);

@@ -4,9 +4,10 @@
 //! Writers never touch the aggregates: triggers journal what each edit touched, in the edit's
 //! transaction. The fold (one at a time across all replicas: an advisory lock on PostgreSQL,
 //! the writer gate on SQLite) takes a batch of journal entries and, for each touched
-//! (repository, blob) pair, compares what the aggregates account for with what the edge
-//! tables say now, and moves the aggregates by the difference; each touched repository's
-//! manifest and tag counts are counted again. An entry only says where to look, so folding
+//! (repository, blob) pair and each touched manifest, compares what the aggregates account
+//! for with what the edge tables say now, and moves the aggregates by the difference. A
+//! fold's cost follows the entries, never the size of a repository. An entry only says where
+//! to look, so folding
 //! one twice, or late, changes nothing: after the writes stop and a fold runs, the aggregates
 //! equal what the views compute (checked by `wharf fsck` and tests/usage.rs).
 //!
@@ -43,7 +44,8 @@ pub struct FoldOutcome {
     pub entries: u64,
     /// (repository, blob) pairs that started or stopped being referenced.
     pub pairs_changed: u64,
-    pub repositories_counted: u64,
+    /// Manifests created, deleted, tagged or untagged.
+    pub manifests_changed: u64,
 }
 
 /// The additive figures of a repository or namespace.
@@ -107,11 +109,35 @@ impl Figures {
     }
 }
 
-/// A repository's manifest and tag counts, counted from the edge tables.
+/// What the aggregates know of one manifest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Counts {
-    figures: Figures,
-    last_push_ms: Option<i64>,
+struct ManifestState {
+    repository_id: i64,
+    created_at: i64,
+    tags: i64,
+    parents: i64,
+}
+
+impl ManifestState {
+    fn from_row(r: &sqlx::any::AnyRow) -> MetaResult<Self> {
+        Ok(ManifestState {
+            repository_id: r.try_get("repository_id")?,
+            created_at: r.try_get("created_at")?,
+            tags: r.try_get("tags")?,
+            parents: r.try_get("parents")?,
+        })
+    }
+
+    /// Its part in its repository's figures, added (`sign` 1) or taken away (-1).
+    fn figures(&self, sign: i64) -> Figures {
+        Figures {
+            manifests: sign,
+            tags: sign * self.tags,
+            tagged: sign * i64::from(self.tags > 0),
+            untagged: sign * i64::from(self.tags == 0 && self.parents == 0),
+            ..Default::default()
+        }
+    }
 }
 
 /// The deltas one fold transaction accumulates, written once per row at the end.
@@ -157,7 +183,7 @@ impl MetaStore {
             };
             total.entries += done.entries;
             total.pairs_changed += done.pairs_changed;
-            total.repositories_counted += done.repositories_counted;
+            total.manifests_changed += done.manifests_changed;
             if done.entries < FOLD_BATCH as u64 {
                 return Ok(total);
             }
@@ -227,7 +253,7 @@ impl WriteTx {
     async fn fold(&mut self) -> MetaResult<FoldOutcome> {
         let entries = sqlx::query(
             "DELETE FROM usage_journal WHERE seq IN (SELECT seq FROM usage_journal ORDER BY seq LIMIT $1)
-             RETURNING repository_id, blob_digest",
+             RETURNING repository_id, blob_digest, manifest_id",
         )
         .bind(FOLD_BATCH)
         .fetch_all(self.conn())
@@ -237,30 +263,50 @@ impl WriteTx {
             ..Default::default()
         };
         // Pairs grouped by blob (every change to one blob's repository set is decided at
-        // once), and repositories to count again.
+        // once), manifests to look at again, and every repository concerned.
         let mut pairs: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
-        let mut counted: BTreeSet<i64> = BTreeSet::new();
+        let mut manifests: BTreeMap<i64, ()> = BTreeMap::new();
+        let mut repositories: BTreeSet<i64> = BTreeSet::new();
         for e in &entries {
             let repo: i64 = e.try_get("repository_id")?;
-            match e.try_get::<Option<String>, _>("blob_digest")? {
-                Some(d) => {
-                    pairs.entry(d).or_default().insert(repo);
-                }
-                None => {
-                    counted.insert(repo);
-                }
+            repositories.insert(repo);
+            if let Some(d) = e.try_get::<Option<String>, _>("blob_digest")? {
+                pairs.entry(d).or_default().insert(repo);
+            } else if let Some(m) = e.try_get::<Option<i64>, _>("manifest_id")? {
+                manifests.insert(m, ());
             }
         }
         let mut names = RepositoryNames::default();
         let mut deltas = Deltas::default();
+        for &repo in &repositories {
+            self.account_repository(repo, &mut names, &mut deltas)
+                .await?;
+        }
         for (blob, repos) in &pairs {
             outcome.pairs_changed += self.fold_blob(blob, repos, &mut names, &mut deltas).await?;
         }
-        for &repo in &counted {
-            self.recount_repository(repo, &mut names, &mut deltas)
-                .await?;
+        let mut pushed: BTreeSet<i64> = BTreeSet::new();
+        for &manifest in manifests.keys() {
+            let (was, now) = self.fold_manifest(manifest).await?;
+            if was == now {
+                continue;
+            }
+            outcome.manifests_changed += 1;
+            // A manifest id can come back in another repository (SQLite reuses the highest
+            // rowid): the old state leaves the repository it was in.
+            for (state, sign) in [(was, -1), (now, 1)] {
+                let Some(m) = state else { continue };
+                let f = m.figures(sign);
+                deltas.repository(m.repository_id, f);
+                for ns in namespaces_of(&names.get(self, m.repository_id).await?) {
+                    deltas.namespace(ns, f);
+                }
+                pushed.insert(m.repository_id);
+            }
         }
-        outcome.repositories_counted = counted.len() as u64;
+        for &repo in &pushed {
+            self.fold_last_push(repo, &mut names).await?;
+        }
         self.apply(&deltas).await?;
         self.fold_blob_journal(deltas.referenced_size).await?;
         Ok(outcome)
@@ -439,82 +485,114 @@ impl WriteTx {
         .await?)
     }
 
-    /// Counts a repository's tags and manifests again and records the change.
-    async fn recount_repository(
+    /// Gives a repository its row the first time a fold meets it, and counts it in its
+    /// namespaces.
+    async fn account_repository(
         &mut self,
         repo: i64,
         names: &mut RepositoryNames,
         deltas: &mut Deltas,
     ) -> MetaResult<()> {
-        let Some(now) = count_repository(self, repo).await? else {
-            return Ok(()); // no such repository (its creation rolled back)
-        };
-        let was = sqlx::query(
-            "SELECT tags, manifests, tagged_manifests, untagged_manifests, last_push_ms
-             FROM usage_repositories WHERE repository_id = $1",
+        let created = sqlx::query(
+            "INSERT INTO usage_repositories (repository_id, tags, manifests, tagged_manifests,
+                 untagged_manifests, blobs, logical_size, exclusive_size, last_push_ms)
+             VALUES ($1, 0, 0, 0, 0, 0, 0, 0, NULL) ON CONFLICT (repository_id) DO NOTHING",
         )
         .bind(repo)
-        .fetch_optional(self.conn())
-        .await?;
-        let (was, new_repository) = match was {
-            Some(r) => (
-                Counts {
-                    figures: Figures {
-                        repositories: 1,
-                        tags: r.try_get("tags")?,
-                        manifests: r.try_get("manifests")?,
-                        tagged: r.try_get("tagged_manifests")?,
-                        untagged: r.try_get("untagged_manifests")?,
-                        ..Default::default()
-                    },
-                    last_push_ms: r.try_get("last_push_ms")?,
-                },
-                false,
-            ),
-            None => (
-                Counts {
-                    figures: Figures::default(),
-                    last_push_ms: None,
-                },
-                true,
-            ),
-        };
-        if new_repository {
-            sqlx::query(
-                "INSERT INTO usage_repositories (repository_id, tags, manifests, tagged_manifests,
-                     untagged_manifests, blobs, logical_size, exclusive_size, last_push_ms)
-                 VALUES ($1, 0, 0, 0, 0, 0, 0, 0, NULL) ON CONFLICT (repository_id) DO NOTHING",
-            )
-            .bind(repo)
-            .execute(self.conn())
-            .await?;
+        .execute(self.conn())
+        .await?
+        .rows_affected()
+            == 1;
+        if created {
+            let one = Figures {
+                repositories: 1,
+                ..Default::default()
+            };
+            for ns in namespaces_of(&names.get(self, repo).await?) {
+                deltas.namespace(ns, one);
+            }
         }
+        Ok(())
+    }
+
+    /// Brings the accounted state of one manifest (repository, age, tags, parents) in line
+    /// with the edge tables; returns what was accounted and what is now.
+    async fn fold_manifest(
+        &mut self,
+        manifest: i64,
+    ) -> MetaResult<(Option<ManifestState>, Option<ManifestState>)> {
+        let now = sqlx::query(
+            "SELECT m.repository_id, m.created_at,
+                    (SELECT COUNT(*) FROM tags t WHERE t.manifest_id = m.id) AS tags,
+                    (SELECT COUNT(*) FROM manifest_children c WHERE c.child_id = m.id) AS parents
+             FROM manifests m WHERE m.id = $1",
+        )
+        .bind(manifest)
+        .fetch_optional(self.conn())
+        .await?
+        .map(|r| ManifestState::from_row(&r))
+        .transpose()?;
+        let was = sqlx::query(
+            "SELECT repository_id, created_at, tags, parents FROM usage_manifests WHERE manifest_id = $1",
+        )
+        .bind(manifest)
+        .fetch_optional(self.conn())
+        .await?
+        .map(|r| ManifestState::from_row(&r))
+        .transpose()?;
+        if now == was {
+            return Ok((was, now));
+        }
+        match &now {
+            Some(n) => {
+                sqlx::query(
+                    "INSERT INTO usage_manifests (manifest_id, repository_id, tags, parents, created_at)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (manifest_id) DO UPDATE SET repository_id = excluded.repository_id,
+                         tags = excluded.tags, parents = excluded.parents, created_at = excluded.created_at",
+                )
+                .bind(manifest)
+                .bind(n.repository_id)
+                .bind(n.tags)
+                .bind(n.parents)
+                .bind(n.created_at)
+                .execute(self.conn())
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM usage_manifests WHERE manifest_id = $1")
+                    .bind(manifest)
+                    .execute(self.conn())
+                    .await?;
+            }
+        }
+        Ok((was, now))
+    }
+
+    /// A repository's newest push (an index lookup), and its namespaces'.
+    async fn fold_last_push(&mut self, repo: i64, names: &mut RepositoryNames) -> MetaResult<()> {
+        let now: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(created_at) FROM usage_manifests WHERE repository_id = $1",
+        )
+        .bind(repo)
+        .fetch_one(self.conn())
+        .await?;
+        let was: Option<i64> = sqlx::query_scalar(
+            "SELECT last_push_ms FROM usage_repositories WHERE repository_id = $1",
+        )
+        .bind(repo)
+        .fetch_one(self.conn())
+        .await?;
         if now == was {
             return Ok(());
         }
-        let change = now.figures - was.figures;
-        let name = names.get(self, repo).await?;
-        // The repository's own row counts no repositories.
-        deltas.repository(
-            repo,
-            Figures {
-                repositories: 0,
-                ..change
-            },
-        );
-        for ns in namespaces_of(&name) {
-            deltas.namespace(ns, change);
-        }
-        if now.last_push_ms != was.last_push_ms {
-            sqlx::query("UPDATE usage_repositories SET last_push_ms = $2 WHERE repository_id = $1")
-                .bind(repo)
-                .bind(now.last_push_ms)
-                .execute(self.conn())
-                .await?;
-            for ns in namespaces_of(&name) {
-                self.namespace_last_push(ns, was.last_push_ms, now.last_push_ms)
-                    .await?;
-            }
+        sqlx::query("UPDATE usage_repositories SET last_push_ms = $2 WHERE repository_id = $1")
+            .bind(repo)
+            .bind(now)
+            .execute(self.conn())
+            .await?;
+        for ns in namespaces_of(&names.get(self, repo).await?) {
+            self.namespace_last_push(ns, was, now).await?;
         }
         Ok(())
     }
@@ -690,9 +768,9 @@ impl WriteTx {
     }
 }
 
-/// The rebuild, after the journal is cleared. Pair-based figures come from the accounted
-/// pairs written first (so they agree with them exactly, whatever commits meanwhile); counts
-/// come from the edge tables, as the fold counts them.
+/// The rebuild, after the journal is cleared. The accounted pairs and manifests are written
+/// first, from the edge tables; every figure is then computed from them, so the figures
+/// agree with them exactly, whatever commits meanwhile (a later fold moves both together).
 const REBUILD: &[&str] = &[
     "DELETE FROM usage_repository_blobs",
     "INSERT INTO usage_repository_blobs (repository_id, blob_digest, size)
@@ -706,20 +784,25 @@ const REBUILD: &[&str] = &[
      SELECT rn.namespace, u.blob_digest, COUNT(*)
      FROM usage_repository_blobs u JOIN repository_namespaces rn ON rn.repository_id = u.repository_id
      GROUP BY rn.namespace, u.blob_digest",
+    "DELETE FROM usage_manifests",
+    "INSERT INTO usage_manifests (manifest_id, repository_id, tags, parents, created_at)
+     SELECT m.id, m.repository_id,
+            (SELECT COUNT(*) FROM tags t WHERE t.manifest_id = m.id),
+            (SELECT COUNT(*) FROM manifest_children c WHERE c.child_id = m.id),
+            m.created_at
+     FROM manifests m",
     "DELETE FROM usage_repositories",
     "INSERT INTO usage_repositories (repository_id, tags, manifests, tagged_manifests,
          untagged_manifests, blobs, logical_size, exclusive_size, last_push_ms)
-     SELECT r.id, COALESCE(t.tags, 0), COALESCE(m.manifests, 0), COALESCE(t.tagged, 0),
+     SELECT r.id, COALESCE(m.tags, 0), COALESCE(m.manifests, 0), COALESCE(m.tagged, 0),
             COALESCE(m.untagged, 0), COALESCE(s.blobs, 0), COALESCE(s.logical_size, 0),
             COALESCE(s.exclusive_size, 0), m.last_push_ms
      FROM repositories r
-     LEFT JOIN (SELECT repository_id, COUNT(*) AS tags, COUNT(DISTINCT manifest_id) AS tagged
-                FROM tags GROUP BY repository_id) t ON t.repository_id = r.id
-     LEFT JOIN (SELECT m.repository_id, COUNT(*) AS manifests, MAX(m.created_at) AS last_push_ms,
-                       SUM(CASE WHEN NOT EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id)
-                                 AND NOT EXISTS (SELECT 1 FROM manifest_children c WHERE c.child_id = m.id)
-                                THEN 1 ELSE 0 END) AS untagged
-                FROM manifests m GROUP BY m.repository_id) m ON m.repository_id = r.id
+     LEFT JOIN (SELECT repository_id, COUNT(*) AS manifests, SUM(tags) AS tags,
+                       SUM(CASE WHEN tags > 0 THEN 1 ELSE 0 END) AS tagged,
+                       SUM(CASE WHEN tags = 0 AND parents = 0 THEN 1 ELSE 0 END) AS untagged,
+                       MAX(created_at) AS last_push_ms
+                FROM usage_manifests GROUP BY repository_id) m ON m.repository_id = r.id
      LEFT JOIN (SELECT u.repository_id, COUNT(*) AS blobs, SUM(u.size) AS logical_size,
                        SUM(CASE WHEN ub.repositories = 1 THEN u.size ELSE 0 END) AS exclusive_size
                 FROM usage_repository_blobs u JOIN usage_blobs ub ON ub.blob_digest = u.blob_digest
@@ -751,36 +834,6 @@ const REGISTRY_ROW: &str =
             (SELECT COALESCE(SUM(size), 0) FROM usage_blobs)
      ON CONFLICT (id) DO UPDATE SET blobs = excluded.blobs, physical_size = excluded.physical_size,
          deleting_size = excluded.deleting_size, referenced_size = excluded.referenced_size";
-
-/// A repository's counts, from the edge tables in one statement (None: no such repository).
-async fn count_repository(tx: &mut WriteTx, repo: i64) -> MetaResult<Option<Counts>> {
-    let row = sqlx::query(
-        "SELECT
-             (SELECT COUNT(*) FROM tags WHERE repository_id = $1) AS tags,
-             (SELECT COUNT(DISTINCT manifest_id) FROM tags WHERE repository_id = $1) AS tagged,
-             (SELECT COUNT(*) FROM manifests WHERE repository_id = $1) AS manifests,
-             (SELECT COUNT(*) FROM manifests m WHERE m.repository_id = $1
-                 AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id)
-                 AND NOT EXISTS (SELECT 1 FROM manifest_children c WHERE c.child_id = m.id)) AS untagged,
-             (SELECT MAX(created_at) FROM manifests WHERE repository_id = $1) AS last_push_ms
-         FROM repositories WHERE id = $1",
-    )
-    .bind(repo)
-    .fetch_optional(tx.conn())
-    .await?;
-    let Some(r) = row else { return Ok(None) };
-    Ok(Some(Counts {
-        figures: Figures {
-            repositories: 1,
-            tags: r.try_get("tags")?,
-            manifests: r.try_get("manifests")?,
-            tagged: r.try_get("tagged")?,
-            untagged: r.try_get("untagged")?,
-            ..Default::default()
-        },
-        last_push_ms: r.try_get("last_push_ms")?,
-    }))
-}
 
 /// Repository names a fold needs (for their namespaces), read once per fold.
 #[derive(Default)]
