@@ -1,7 +1,9 @@
 //! GC benchmark: seeds a store of N blobs (images of 10 blobs each, every image tagged except
 //! 1%, whose blobs are therefore garbage, and whose untagging queued them for review, as a tag
 //! deletion does), then times a queue run (what the server runs every interval), an idle queue
-//! run, and a full pass over every row (the periodic safety net).
+//! run, and a full pass over every row (the periodic safety net); the tag list of the
+//! repository (whole, and a first page of 100); and manifest PUT latency while idle and while
+//! a full pass runs beside the pushes.
 //!
 //!     cargo run --release --example gc_bench -- [--database-url URL] [SIZES...]
 //!
@@ -13,8 +15,9 @@
 use std::time::{Duration, Instant};
 
 use wharf::config::Config;
-use wharf::meta::GcPolicy;
 use wharf::meta::seed::{SeedManifest, Seeder};
+use wharf::meta::{GcPolicy, MetaStore, NewManifest, PutManifestOutcome};
+use wharf::oci::{Digest, RepoName, Tag};
 
 const BLOBS_PER_IMAGE: usize = 10;
 
@@ -89,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     println!(
-        "backend\tblobs\tgarbage_blobs\tqueue_run_ms\tmanifests_deleted\tblobs_deleted\tidle_queue_run_ms\tfull_pass_ms"
+        "backend\tblobs\tgarbage_blobs\tqueue_run_ms\tmanifests_deleted\tblobs_deleted\tidle_queue_run_ms\tfull_pass_ms\ttags_all_ms\ttags_100_ms\tput_p50_idle_ms\tput_p50_during_full_ms\tput_p99_during_full_ms\tfull_pass_beside_puts_ms"
     );
     for blobs in sizes {
         let dir = tempfile::tempdir()?;
@@ -142,10 +145,36 @@ async fn main() -> anyhow::Result<()> {
             full.blobs_deleted == 0 && full.manifests_deleted == 0,
             "the queue missed garbage"
         );
+        let repo: RepoName = "bench/app".parse().map_err(anyhow::Error::msg)?;
+        let pusher = MetaStore::open(&url, 2).await?;
+        let count = |t: Option<Vec<String>>| t.map_or(0, |t| t.len());
+        let started = Instant::now();
+        let all = count(pusher.tags(&repo, None, None).await?);
+        let tags_all_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let started = Instant::now();
+        let page = count(pusher.tags(&repo, None, Some(100)).await?);
+        let tags_100_ms = started.elapsed().as_secs_f64() * 1000.0;
+        anyhow::ensure!(page == 100 && all > 100, "tags: {all}, page {page}");
+        let idle = manifest_puts(&pusher, blobs, 0, 100).await?;
+        // Pushes beside a full pass: the pass must not hold up a push for long.
+        let full_pass = async {
+            let started = Instant::now();
+            let r = registry
+                .collect_garbage(policy, wharf::gc::Mode::Full, false)
+                .await?;
+            anyhow::Ok((started.elapsed().as_secs_f64() * 1000.0, r))
+        };
+        let ((beside_ms, _), during) =
+            tokio::try_join!(full_pass, manifest_puts(&pusher, blobs, 1, 100))?;
         println!(
-            "{backend}\t{blobs}\t{garbage}\t{queue_ms:.1}\t{}\t{}\t{idle_ms:.1}\t{full_ms:.1}",
-            report.manifests_deleted, report.blobs_deleted
+            "{backend}\t{blobs}\t{garbage}\t{queue_ms:.1}\t{}\t{}\t{idle_ms:.1}\t{full_ms:.1}\t{tags_all_ms:.1}\t{tags_100_ms:.1}\t{:.2}\t{:.2}\t{:.2}\t{beside_ms:.1}",
+            report.manifests_deleted,
+            report.blobs_deleted,
+            idle[idle.len() / 2],
+            during[during.len() / 2],
+            during[during.len() * 99 / 100]
         );
+        drop(pusher);
         drop(registry);
         if let Some((client, name)) = cleanup {
             client
@@ -154,4 +183,52 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `n` manifest PUTs of new images made of the store's tagged blobs; latencies in ms, sorted.
+async fn manifest_puts(
+    meta: &MetaStore,
+    blobs: usize,
+    round: usize,
+    n: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let repo: RepoName = "bench/app".parse().map_err(anyhow::Error::msg)?;
+    let garbage = (blobs / BLOBS_PER_IMAGE / 100).max(1) * BLOBS_PER_IMAGE;
+    let mut latencies = Vec::with_capacity(n);
+    for p in 0..n {
+        let picks: Vec<usize> = (0..BLOBS_PER_IMAGE)
+            .map(|k| garbage + (p * 13 + k * 7) % (blobs - garbage))
+            .collect();
+        let digests: Vec<Digest> = picks
+            .iter()
+            .map(|&i| digest("b", i).parse())
+            .collect::<Result<_, _>>()?;
+        let sizes = vec![1000u64; digests.len()];
+        let payload = format!("{{\"gc_bench\":{round},\"put\":{p}}}");
+        let d = Digest::of(payload.as_bytes());
+        let tag: Tag = format!("put-{round}-{p}")
+            .parse()
+            .map_err(anyhow::Error::msg)?;
+        let started = Instant::now();
+        let outcome = meta
+            .put_manifest(&NewManifest {
+                repository: &repo,
+                digest: &d,
+                media_type: "application/vnd.oci.image.manifest.v1+json",
+                artifact_type: None,
+                config: None,
+                subject: None,
+                payload: payload.as_bytes(),
+                blobs: &digests,
+                blob_sizes: &sizes,
+                children: &[],
+                child_sizes: &[],
+                tag: Some(&tag),
+            })
+            .await?;
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(outcome == PutManifestOutcome::Stored, "{outcome:?}");
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(latencies)
 }

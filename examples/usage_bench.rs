@@ -1,67 +1,186 @@
-//! Usage-report benchmark: seeds R repositories (`org<k>/app<i>`, 50 organisations) of one
-//! tagged image each; every image references 10 blobs, 8 of its own and 2 from a shared pool,
-//! so R = 10,000 gives 100,000 blobs. Then times each report.
+//! Usage-report benchmark at registry scale. Seeds BLOBS blobs in the shape of a real
+//! registry: repositories `org<k>/app<i>` in 50 organisations, ten images per repository,
+//! each image ten blobs (eight of its own, two from a shared pool used by a handful of
+//! repositories across organisations), nine images in ten tagged. So 1M blobs are 10,000
+//! repositories and 100,000 manifests; 10M blobs are 100,000 repositories and 1M manifests.
 //!
-//!     cargo run --release --example usage_bench -- [--database-url URL] [REPOSITORIES]
+//! Then it times: rebuilding the usage aggregates from the edge tables (what `wharf fsck
+//! --repair` and the first start after the upgrade do), every report, 200 manifest PUTs
+//! (p50/p99, with the usage journal's triggers; and again without them, to show what the
+//! journal costs a push), folding those PUTs into the aggregates, and a tag list.
 //!
-//! Without --database-url a fresh SQLite file is used; with a postgres:// URL (whose user may
-//! CREATE DATABASE) a fresh database is created and dropped.
+//!     cargo run --release --example usage_bench -- [--database-url URL] [--reference] [BLOBS...]
+//!
+//! Without --database-url each size gets a fresh SQLite file; with a postgres:// URL (whose
+//! user may CREATE DATABASE) each size gets a fresh database, dropped afterwards.
+//! --reference also times the views the aggregates replace (slow at scale: minutes at 10M).
 
 use std::time::Instant;
 
 use wharf::meta::seed::{SeedManifest, Seeder};
+use wharf::meta::{MetaStore, NewManifest, PutManifestOutcome};
+use wharf::oci::{Digest, RepoName, Tag};
+
+const ORGS: usize = 50;
+const IMAGES_PER_REPOSITORY: usize = 10;
+const OWN_BLOBS: usize = 8;
+const SHARED_BLOBS: usize = 2;
+const BLOBS_PER_IMAGE: usize = OWN_BLOBS + SHARED_BLOBS;
+const PUTS: usize = 200;
 
 fn digest(kind: &str, n: usize) -> String {
-    wharf::oci::Digest::of(format!("{kind}-{n}").as_bytes()).to_string()
+    Digest::of(format!("{kind}-{n}").as_bytes()).to_string()
 }
 
-async fn seed(url: &str, repos: usize) -> anyhow::Result<usize> {
+fn own_size(n: usize) -> u64 {
+    5000 + (n % 100_003) as u64
+}
+
+/// Seeds the store; returns (repositories, manifests, blobs).
+async fn seed(url: &str, blobs: usize) -> anyhow::Result<(usize, usize, usize)> {
     let mut seeder = Seeder::open(url).await?;
     let now = wharf::meta::now_ms();
-    let pool_size = repos * 2;
+    let images = (blobs / BLOBS_PER_IMAGE).max(IMAGES_PER_REPOSITORY);
+    let repos = images / IMAGES_PER_REPOSITORY;
+    let pool_size = (images * SHARED_BLOBS / 5).max(10);
     for n in 0..pool_size {
         seeder
             .blob(&digest("shared", n), 1000 + (n % 7919) as u64, now)
             .await?;
     }
-    for i in 0..repos {
-        let id = i as i64 + 1;
+    let mut own = 0;
+    for r in 0..repos {
+        let repo_id = r as i64 + 1;
         seeder
-            .repository(id, &format!("org{}/app{i}", i % 50), now)
+            .repository(repo_id, &format!("org{}/app{r}", r % ORGS), now)
             .await?;
-        let mut refs = Vec::new();
-        for k in 0..8 {
-            let d = digest("own", i * 8 + k);
-            seeder
-                .blob(&d, 5000 + ((i * 8 + k) % 100_003) as u64, now)
-                .await?;
-            refs.push(d);
-        }
-        for k in 0..2 {
-            // Each shared blob is used by a handful of repositories across organisations.
-            let d = digest("shared", (i * 7 + k * 13) % pool_size);
-            if !refs.contains(&d) {
+        for k in 0..IMAGES_PER_REPOSITORY {
+            let i = r * IMAGES_PER_REPOSITORY + k;
+            let mut refs = Vec::new();
+            for _ in 0..OWN_BLOBS {
+                let d = digest("own", own);
+                seeder.blob(&d, own_size(own), now).await?;
                 refs.push(d);
+                own += 1;
+            }
+            for s in 0..SHARED_BLOBS {
+                // Each shared blob is used by about five images, in repositories far apart.
+                let d = digest("shared", (i * 7 + s * 13) % pool_size);
+                if !refs.contains(&d) {
+                    refs.push(d);
+                }
+            }
+            let refs: Vec<&str> = refs.iter().map(String::as_str).collect();
+            let id = i as i64 + 1;
+            seeder
+                .manifest(&SeedManifest {
+                    id,
+                    repository_id: repo_id,
+                    digest: &digest("m", i),
+                    media_type: "application/vnd.oci.image.manifest.v1+json",
+                    config_digest: None,
+                    payload: b"{}",
+                    total_size: 10_000 + i as u64,
+                    created_at: now - (images - i) as i64,
+                    blobs: &refs,
+                })
+                .await?;
+            if k != 0 {
+                seeder
+                    .tag(repo_id, &format!("v{k}"), id, now - (images - i) as i64)
+                    .await?;
             }
         }
-        let refs: Vec<&str> = refs.iter().map(String::as_str).collect();
-        seeder
-            .manifest(&SeedManifest {
-                id,
-                repository_id: id,
-                digest: &digest("m", i),
-                media_type: "application/vnd.oci.image.manifest.v1+json",
-                config_digest: None,
-                payload: b"{}",
-                total_size: 10_000,
-                created_at: now,
-                blobs: &refs,
-            })
-            .await?;
-        seeder.tag(id, "latest", id, now).await?;
     }
     seeder.finish().await?;
-    Ok(pool_size + repos * 8)
+    Ok((repos, images, pool_size + own))
+}
+
+fn ms(started: Instant) -> f64 {
+    started.elapsed().as_secs_f64() * 1000.0
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// `PUTS` manifest PUTs into one repository, each a new image of ten of its blobs, tagged.
+/// Returns the latencies in ms, sorted.
+async fn manifest_puts(meta: &MetaStore, round: usize) -> anyhow::Result<Vec<f64>> {
+    let repo: RepoName = "org0/app0".parse().map_err(anyhow::Error::msg)?;
+    let mut latencies = Vec::with_capacity(PUTS);
+    for p in 0..PUTS {
+        let blobs: Vec<Digest> = (0..BLOBS_PER_IMAGE)
+            .map(|k| {
+                digest(
+                    "own",
+                    (p * 13 + k * 7) % (OWN_BLOBS * IMAGES_PER_REPOSITORY),
+                )
+                .parse()
+            })
+            .collect::<Result<_, _>>()?;
+        let sizes: Vec<u64> = (0..BLOBS_PER_IMAGE)
+            .map(|k| own_size((p * 13 + k * 7) % (OWN_BLOBS * IMAGES_PER_REPOSITORY)))
+            .collect();
+        let payload = format!("{{\"bench\":{round},\"put\":{p}}}");
+        let d = Digest::of(payload.as_bytes());
+        let tag: Tag = format!("put-{round}-{p}")
+            .parse()
+            .map_err(anyhow::Error::msg)?;
+        let started = Instant::now();
+        let outcome = meta
+            .put_manifest(&NewManifest {
+                repository: &repo,
+                digest: &d,
+                media_type: "application/vnd.oci.image.manifest.v1+json",
+                artifact_type: None,
+                config: None,
+                subject: None,
+                payload: payload.as_bytes(),
+                blobs: &blobs,
+                blob_sizes: &sizes,
+                children: &[],
+                child_sizes: &[],
+                tag: Some(&tag),
+            })
+            .await?;
+        latencies.push(ms(started));
+        anyhow::ensure!(outcome == PutManifestOutcome::Stored, "{outcome:?}");
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(latencies)
+}
+
+const TRIGGERS: &[(&str, &str)] = &[
+    ("manifest_blobs_usage_insert", "manifest_blobs"),
+    ("manifest_blobs_usage_delete", "manifest_blobs"),
+    ("manifests_usage_insert", "manifests"),
+    ("manifests_usage_update", "manifests"),
+    ("manifests_usage_delete", "manifests"),
+    ("tags_usage_insert", "tags"),
+    ("tags_usage_update", "tags"),
+    ("tags_usage_delete", "tags"),
+    ("manifest_children_usage_insert", "manifest_children"),
+    ("manifest_children_usage_delete", "manifest_children"),
+    ("repositories_usage_insert", "repositories"),
+    ("blobs_usage_insert", "blobs"),
+    ("blobs_usage_delete", "blobs"),
+    ("blobs_usage_update", "blobs"),
+];
+
+/// Drops the usage journal's triggers (for the comparison only: the database is thrown away).
+async fn drop_triggers(url: &str, postgres: bool) -> anyhow::Result<()> {
+    let pool = sqlx::AnyPool::connect(url).await?;
+    for (name, table) in TRIGGERS {
+        let sql = if postgres {
+            format!("DROP TRIGGER {name} ON {table}")
+        } else {
+            format!("DROP TRIGGER {name}")
+        };
+        sqlx::query(&sql).execute(&pool).await?;
+    }
+    pool.close().await;
+    Ok(())
 }
 
 #[tokio::main]
@@ -72,76 +191,140 @@ async fn main() -> anyhow::Result<()> {
         admin = Some(args.remove(i + 1));
         args.remove(i);
     }
-    let repos: usize = args
-        .first()
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(10_000);
-    sqlx::any::install_default_drivers();
-    let dir = tempfile::tempdir()?;
-    let (url, cleanup) = match &admin {
-        Some(a) => {
-            let name = format!("wharf_usage_{}", uuid::Uuid::new_v4().simple());
-            let (client, conn) = tokio_postgres::connect(a, tokio_postgres::NoTls).await?;
-            tokio::spawn(conn);
-            client
-                .batch_execute(&format!("CREATE DATABASE {name}"))
-                .await?;
-            let base = a.rsplit_once('/').map(|(b, _)| b).unwrap_or(a);
-            (format!("{base}/{name}"), Some((client, name)))
+    let reference = match args.iter().position(|a| a == "--reference") {
+        Some(i) => {
+            args.remove(i);
+            true
         }
-        None => (
-            format!("sqlite://{}", dir.path().join("wharf.db").display()),
-            None,
-        ),
+        None => false,
     };
-    let meta = wharf::meta::MetaStore::open(&url, 4).await?;
-    let blobs = seed(&url, repos).await?;
-    let backend = if cleanup.is_some() {
-        "postgres"
+    let sizes: Vec<usize> = if args.is_empty() {
+        vec![100_000]
     } else {
-        "sqlite"
+        args.iter().map(|a| a.parse()).collect::<Result<_, _>>()?
     };
-    println!("{backend}: {repos} repositories, {blobs} blobs");
-    println!("report\tms\trows");
-    macro_rules! time {
-        ($label:expr, $e:expr) => {{
-            let started = Instant::now();
-            let rows = $e.await?;
-            println!(
-                "{}\t{:.1}\t{}",
-                $label,
-                started.elapsed().as_secs_f64() * 1000.0,
-                rows
-            );
-        }};
-    }
-    time!("registry_usage", async {
-        meta.registry_usage().await.map(|_| 1)
-    });
-    time!("namespace_usage (all 50)", async {
-        meta.namespace_usage("").await.map(|v| v.len())
-    });
-    time!("namespace_usage org1", async {
-        meta.namespace_usage("org1").await.map(|v| v.len())
-    });
-    time!("repository_usage (all)", async {
-        meta.repository_usage("").await.map(|v| v.len())
-    });
-    time!("repository_usage org1", async {
-        meta.repository_usage("org1").await.map(|v| v.len())
-    });
-    time!("largest_images 10", async {
-        meta.largest_images("", 10).await.map(|v| v.len())
-    });
-    time!("largest_blobs 10", async {
-        meta.largest_blobs(10).await.map(|v| v.len())
-    });
-    drop(meta);
-    if let Some((client, name)) = cleanup {
-        client
-            .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-            .await?;
+    sqlx::any::install_default_drivers();
+    for blobs in sizes {
+        let dir = tempfile::tempdir()?;
+        let (url, cleanup) = match &admin {
+            Some(a) => {
+                let name = format!("wharf_usage_{}", uuid::Uuid::new_v4().simple());
+                let (client, conn) = tokio_postgres::connect(a, tokio_postgres::NoTls).await?;
+                tokio::spawn(conn);
+                client
+                    .batch_execute(&format!("CREATE DATABASE {name}"))
+                    .await?;
+                let base = a.rsplit_once('/').map(|(b, _)| b).unwrap_or(a);
+                (format!("{base}/{name}"), Some((client, name)))
+            }
+            None => (
+                format!("sqlite://{}", dir.path().join("wharf.db").display()),
+                None,
+            ),
+        };
+        let backend = if cleanup.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        };
+        let started = Instant::now();
+        let meta = MetaStore::open(&url, 4).await?;
+        let (repos, manifests, seeded) = seed(&url, blobs).await?;
+        println!(
+            "== {backend}: {seeded} blobs, {manifests} manifests, {repos} repositories (seeded in {:.1} s)",
+            started.elapsed().as_secs_f64()
+        );
+        println!("{backend}\t{seeded}\tmeasure\tms\trows");
+        macro_rules! time {
+            ($label:expr, $e:expr) => {{
+                let started = Instant::now();
+                let rows = $e.await?;
+                println!(
+                    "{backend}\t{seeded}\t{}\t{:.1}\t{}",
+                    $label,
+                    ms(started),
+                    rows
+                );
+            }};
+        }
+        time!("rebuild aggregates", async {
+            meta.rebuild_usage().await.map(|_| 0)
+        });
+        time!("registry_usage", async {
+            meta.registry_usage().await.map(|_| 1)
+        });
+        time!("namespace_usage (all)", async {
+            meta.namespace_usage("").await.map(|v| v.len())
+        });
+        time!("namespace_usage org1", async {
+            meta.namespace_usage("org1").await.map(|v| v.len())
+        });
+        time!("repository_usage (all)", async {
+            meta.repository_usage("").await.map(|v| v.len())
+        });
+        time!("repository_usage org1", async {
+            meta.repository_usage("org1").await.map(|v| v.len())
+        });
+        time!("repository_usage org1/app1", async {
+            meta.repository_usage("org1/app1").await.map(|v| v.len())
+        });
+        time!("largest_images 10", async {
+            meta.largest_images("", 10).await.map(|v| v.len())
+        });
+        time!("largest_blobs 10", async {
+            meta.largest_blobs(10).await.map(|v| v.len())
+        });
+        let repo: RepoName = "org0/app0".parse().map_err(anyhow::Error::msg)?;
+        time!("tags list org0/app0", async {
+            meta.tags(&repo, None, None)
+                .await
+                .map(|t| t.map_or(0, |t| t.len()))
+        });
+        if reference {
+            time!("view registry_usage", async {
+                meta.reference_registry_usage().await.map(|_| 1)
+            });
+            time!("view namespace_usage (all)", async {
+                meta.reference_namespace_usage("").await.map(|v| v.len())
+            });
+            time!("view repository_usage org1", async {
+                meta.reference_repository_usage("org1")
+                    .await
+                    .map(|v| v.len())
+            });
+        }
+        manifest_puts(&meta, 9).await?; // warm-up: both measured rounds find warm caches
+        let puts = manifest_puts(&meta, 0).await?;
+        println!(
+            "{backend}\t{seeded}\tmanifest PUT p50 / p99\t{:.2} / {:.2}\t{PUTS}",
+            percentile(&puts, 0.5),
+            percentile(&puts, 0.99)
+        );
+        time!("fold 400 PUTs", async {
+            meta.fold_usage(true).await.map(|f| f.entries)
+        });
+        time!("fold (idle)", async {
+            meta.fold_usage(true).await.map(|f| f.entries)
+        });
+        let differences = if seeded <= 1_000_000 || reference {
+            wharf::usage::check(&meta).await?.len()
+        } else {
+            0 // the check runs the views: minutes at this size
+        };
+        anyhow::ensure!(differences == 0, "aggregates differ from the views");
+        drop_triggers(&url, cleanup.is_some()).await?;
+        let puts = manifest_puts(&meta, 1).await?;
+        println!(
+            "{backend}\t{seeded}\tmanifest PUT p50 / p99, no usage triggers\t{:.2} / {:.2}\t{PUTS}",
+            percentile(&puts, 0.5),
+            percentile(&puts, 0.99)
+        );
+        drop(meta);
+        if let Some((client, name)) = cleanup {
+            client
+                .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+                .await?;
+        }
     }
     Ok(())
 }

@@ -1,9 +1,18 @@
 //! Bulk rows for benchmarks and scale tests: the one place outside the table modules that
 //! knows the table layout, so a schema change touches the migrations, the table modules and
-//! this file. It writes many rows per statement through its own connection (SQLite with
-//! `synchronous = OFF`): fast, and not for a registry that is serving.
+//! this file. PostgreSQL gets `COPY … FROM STDIN` through a connection of its own, with
+//! triggers and foreign-key checks off (`session_replication_role = replica`, when the user
+//! may set it); SQLite gets prepared many-row inserts in one transaction, with
+//! `synchronous = OFF`. Fast, and not for a registry that is serving.
+//!
+//! The usage aggregates are not written row by row: `finish` marks them unbuilt, and the next
+//! fold (or `MetaStore::open`) rebuilds them from the edge tables in one pass.
+
+use std::fmt::Write as _;
 
 use anyhow::Context;
+use bytes::Bytes;
+use futures_util::SinkExt;
 use sqlx::any::{AnyArguments, AnyPoolOptions};
 use sqlx::{Any, Arguments, Executor};
 
@@ -33,7 +42,7 @@ const TABLES: &[(&str, &str)] = &[
 ];
 
 /// Rows buffered per table and flushed many to a statement.
-const FLUSH_VALUES: usize = 20_000;
+const FLUSH_VALUES: usize = 200_000;
 const ROWS_PER_STATEMENT: usize = 500;
 
 struct Table {
@@ -57,10 +66,15 @@ pub struct SeedManifest<'a> {
     pub blobs: &'a [&'a str],
 }
 
+enum Connection {
+    /// One SQLite connection inside one transaction.
+    Sqlite(sqlx::pool::PoolConnection<Any>),
+    Postgres(tokio_postgres::Client),
+}
+
 pub struct Seeder {
-    pool: sqlx::AnyPool,
+    conn: Connection,
     tables: Vec<Table>,
-    postgres: bool,
 }
 
 impl Seeder {
@@ -68,17 +82,31 @@ impl Seeder {
     pub async fn open(url: &str) -> anyhow::Result<Seeder> {
         sqlx::any::install_default_drivers();
         super::migrate(url).await?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(1)
-            .connect(url)
-            .await?;
-        let postgres = !url.starts_with("sqlite");
-        if !postgres {
-            pool.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF")
+        let conn = if url.starts_with("sqlite") {
+            let pool = AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(url)
                 .await?;
-        }
+            let mut conn = pool.acquire().await?;
+            conn.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF")
+                .await?;
+            conn.execute("BEGIN").await?;
+            Connection::Sqlite(conn)
+        } else {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .context("connecting to PostgreSQL to seed")?;
+            tokio::spawn(connection);
+            if let Err(e) = client
+                .batch_execute("SET session_replication_role = replica")
+                .await
+            {
+                tracing::info!(error = %e, "seeding with triggers on (needs a superuser to turn them off)");
+            }
+            Connection::Postgres(client)
+        };
         Ok(Seeder {
-            pool,
+            conn,
             tables: TABLES
                 .iter()
                 .map(|(name, columns)| Table {
@@ -88,7 +116,6 @@ impl Seeder {
                     values: Vec::new(),
                 })
                 .collect(),
-            postgres,
         })
     }
 
@@ -194,47 +221,128 @@ impl Seeder {
     pub async fn flush(&mut self) -> anyhow::Result<()> {
         for t in &mut self.tables {
             let values = std::mem::take(&mut t.values);
-            for chunk in values.chunks(t.width * ROWS_PER_STATEMENT) {
-                let rows = chunk.len() / t.width;
-                let mut sql = format!("INSERT INTO {} ({}) VALUES ", t.name, t.columns);
-                for r in 0..rows {
-                    sql.push_str(if r == 0 { "(" } else { ",(" });
-                    let first = r * t.width + 1;
-                    sql.push_str(&super::sql::placeholders(first, t.width));
-                    sql.push(')');
-                }
-                let mut args = AnyArguments::default();
-                for v in chunk {
-                    match v {
-                        Value::Int(i) => args.add(*i),
-                        Value::Text(s) => args.add(s.clone()),
-                        Value::OptText(s) => args.add(s.clone()),
-                        Value::Bytes(b) => args.add(b.clone()),
-                    }
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                }
-                sqlx::query_with::<Any, _>(&sql, args)
-                    .execute(&self.pool)
-                    .await
-                    .with_context(|| format!("seeding {}", t.name))?;
+            if values.is_empty() {
+                continue;
+            }
+            match &mut self.conn {
+                Connection::Postgres(client) => copy_in(client, t, &values).await?,
+                Connection::Sqlite(conn) => insert_many(conn, t, &values).await?,
             }
         }
         Ok(())
     }
 
-    /// Flushes, moves PostgreSQL's id sequences past the ids given, and analyzes.
+    /// Flushes, marks the usage aggregates unbuilt (the next fold rebuilds them), moves
+    /// PostgreSQL's id sequences past the ids given, commits and analyzes.
     pub async fn finish(mut self) -> anyhow::Result<()> {
         self.flush().await?;
-        if self.postgres {
-            for t in ["repositories", "manifests"] {
-                let sql = format!(
-                    "SELECT setval(pg_get_serial_sequence('{t}', 'id'), (SELECT COALESCE(MAX(id), 1) FROM {t}))"
-                );
-                self.pool.execute(sql.as_str()).await?;
+        const UNBUILT: &str = "DELETE FROM usage_journal; DELETE FROM usage_blob_journal; DELETE FROM usage_registry;";
+        match self.conn {
+            Connection::Postgres(client) => {
+                let mut sql = String::from(UNBUILT);
+                for t in ["repositories", "manifests"] {
+                    let _ = write!(
+                        sql,
+                        "SELECT setval(pg_get_serial_sequence('{t}', 'id'), (SELECT COALESCE(MAX(id), 1) FROM {t}));"
+                    );
+                }
+                sql.push_str("ANALYZE;");
+                client.batch_execute(&sql).await?;
+            }
+            Connection::Sqlite(mut conn) => {
+                conn.execute(UNBUILT).await?;
+                conn.execute("COMMIT").await?;
+                conn.execute("ANALYZE").await?;
             }
         }
-        self.pool.execute("ANALYZE").await?;
-        self.pool.close().await;
         Ok(())
     }
+}
+
+/// One `COPY … FROM STDIN` (text format) of a table's buffered rows.
+async fn copy_in(
+    client: &tokio_postgres::Client,
+    t: &Table,
+    values: &[Value],
+) -> anyhow::Result<()> {
+    let mut data = String::with_capacity(values.len() * 24);
+    for row in values.chunks(t.width) {
+        for (i, v) in row.iter().enumerate() {
+            if i > 0 {
+                data.push('\t');
+            }
+            match v {
+                Value::Int(n) => {
+                    let _ = write!(data, "{n}");
+                }
+                Value::Text(s) | Value::OptText(Some(s)) => copy_escape(&mut data, s),
+                Value::OptText(None) => data.push_str("\\N"),
+                Value::Bytes(b) => {
+                    // bytea in hex, its backslash escaped for COPY.
+                    data.push_str("\\\\x");
+                    for byte in b {
+                        let _ = write!(data, "{byte:02x}");
+                    }
+                }
+            }
+        }
+        data.push('\n');
+    }
+    let sql = format!("COPY {} ({}) FROM STDIN", t.name, t.columns);
+    let sink = client.copy_in::<_, Bytes>(sql.as_str()).await?;
+    futures_util::pin_mut!(sink);
+    sink.send(Bytes::from(data))
+        .await
+        .with_context(|| format!("seeding {}", t.name))?;
+    sink.finish()
+        .await
+        .with_context(|| format!("seeding {}", t.name))?;
+    Ok(())
+}
+
+/// Text for COPY's text format: backslash, tab, newline and carriage return escaped.
+fn copy_escape(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Prepared many-row INSERTs of a table's buffered rows (SQLite, inside the seeding
+/// transaction).
+async fn insert_many(
+    conn: &mut sqlx::pool::PoolConnection<Any>,
+    t: &Table,
+    values: &[Value],
+) -> anyhow::Result<()> {
+    for chunk in values.chunks(t.width * ROWS_PER_STATEMENT) {
+        let rows = chunk.len() / t.width;
+        let mut sql = format!("INSERT INTO {} ({}) VALUES ", t.name, t.columns);
+        for r in 0..rows {
+            sql.push_str(if r == 0 { "(" } else { ",(" });
+            let first = r * t.width + 1;
+            sql.push_str(&super::sql::placeholders(first, t.width));
+            sql.push(')');
+        }
+        let mut args = AnyArguments::default();
+        for v in chunk {
+            match v {
+                Value::Int(i) => args.add(*i),
+                Value::Text(s) => args.add(s.clone()),
+                Value::OptText(s) => args.add(s.clone()),
+                Value::Bytes(b) => args.add(b.clone()),
+            }
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        sqlx::query_with::<Any, _>(&sql, args)
+            .execute(&mut **conn)
+            .await
+            .with_context(|| format!("seeding {}", t.name))?;
+    }
+    Ok(())
 }
