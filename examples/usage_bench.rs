@@ -13,6 +13,7 @@
 //!
 //! Without --database-url each size gets a fresh SQLite file; with a postgres:// URL (whose
 //! user may CREATE DATABASE) each size gets a fresh database, dropped afterwards.
+//! --keep leaves the database behind (and prints its URL).
 //! --reference also times the views the aggregates replace (slow at scale: minutes at 10M).
 
 use std::time::Instant;
@@ -168,16 +169,39 @@ const TRIGGERS: &[(&str, &str)] = &[
     ("blobs_usage_update", "blobs"),
 ];
 
-/// Drops the usage journal's triggers (for the comparison only: the database is thrown away).
-async fn drop_triggers(url: &str, postgres: bool) -> anyhow::Result<()> {
+/// Turns the usage journal's triggers off or on (for the comparison only). PostgreSQL
+/// disables them; SQLite has no such switch, so they are dropped and created again from the
+/// text SQLite keeps of them.
+async fn set_triggers(
+    url: &str,
+    postgres: bool,
+    on: bool,
+    saved: &mut Vec<String>,
+) -> anyhow::Result<()> {
     let pool = sqlx::AnyPool::connect(url).await?;
     for (name, table) in TRIGGERS {
-        let sql = if postgres {
-            format!("DROP TRIGGER {name} ON {table}")
-        } else {
-            format!("DROP TRIGGER {name}")
-        };
-        sqlx::query(&sql).execute(&pool).await?;
+        if postgres {
+            let verb = if on { "ENABLE" } else { "DISABLE" };
+            sqlx::query(&format!("ALTER TABLE {table} {verb} TRIGGER {name}"))
+                .execute(&pool)
+                .await?;
+        } else if !on {
+            let sql: String = sqlx::query_scalar(
+                "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = $1",
+            )
+            .bind(*name)
+            .fetch_one(&pool)
+            .await?;
+            saved.push(sql);
+            sqlx::query(&format!("DROP TRIGGER {name}"))
+                .execute(&pool)
+                .await?;
+        }
+    }
+    if on && !postgres {
+        for sql in saved.drain(..) {
+            sqlx::query(&sql).execute(&pool).await?;
+        }
     }
     pool.close().await;
     Ok(())
@@ -191,6 +215,13 @@ async fn main() -> anyhow::Result<()> {
         admin = Some(args.remove(i + 1));
         args.remove(i);
     }
+    let keep = match args.iter().position(|a| a == "--keep") {
+        Some(i) => {
+            args.remove(i);
+            true
+        }
+        None => false,
+    };
     let reference = match args.iter().position(|a| a == "--reference") {
         Some(i) => {
             args.remove(i);
@@ -293,16 +324,43 @@ async fn main() -> anyhow::Result<()> {
                     .map(|v| v.len())
             });
         }
-        manifest_puts(&meta, 9).await?; // warm-up: both measured rounds find warm caches
-        let puts = manifest_puts(&meta, 0).await?;
+        // Manifest PUTs with and without the journal's triggers, in alternating rounds (so
+        // that neither side gets the warmer cache), after a warm-up round.
+        let postgres = cleanup.is_some();
+        manifest_puts(&meta, 99).await?;
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        let mut saved = Vec::new();
+        for round in 0..6 {
+            let on = round % 2 == 0;
+            set_triggers(&url, postgres, on, &mut saved).await?;
+            let puts = manifest_puts(&meta, round).await?;
+            if on { &mut with } else { &mut without }.extend(puts);
+        }
+        set_triggers(&url, postgres, true, &mut saved).await?;
+        for v in [&mut with, &mut without] {
+            v.sort_by(f64::total_cmp);
+        }
         println!(
-            "{backend}\t{seeded}\tmanifest PUT p50 / p99\t{:.2} / {:.2}\t{PUTS}",
-            percentile(&puts, 0.5),
-            percentile(&puts, 0.99)
+            "{backend}\t{seeded}\tmanifest PUT p50 / p99\t{:.2} / {:.2}\t{}",
+            percentile(&with, 0.5),
+            percentile(&with, 0.99),
+            with.len()
         );
-        time!("fold 400 PUTs", async {
+        println!(
+            "{backend}\t{seeded}\tmanifest PUT p50 / p99, no usage triggers\t{:.2} / {:.2}\t{}",
+            percentile(&without, 0.5),
+            percentile(&without, 0.99),
+            without.len()
+        );
+        // The rounds without triggers left the aggregates behind; the real thing never does.
+        time!("rebuild after the comparison", async {
+            meta.rebuild_usage().await.map(|_| 0)
+        });
+        let puts = manifest_puts(&meta, 7).await?;
+        time!("fold 200 PUTs", async {
             meta.fold_usage(true).await.map(|f| f.entries)
         });
+        drop(puts);
         time!("fold (idle)", async {
             meta.fold_usage(true).await.map(|f| f.entries)
         });
@@ -312,15 +370,11 @@ async fn main() -> anyhow::Result<()> {
             0 // the check runs the views: minutes at this size
         };
         anyhow::ensure!(differences == 0, "aggregates differ from the views");
-        drop_triggers(&url, cleanup.is_some()).await?;
-        let puts = manifest_puts(&meta, 1).await?;
-        println!(
-            "{backend}\t{seeded}\tmanifest PUT p50 / p99, no usage triggers\t{:.2} / {:.2}\t{PUTS}",
-            percentile(&puts, 0.5),
-            percentile(&puts, 0.99)
-        );
         drop(meta);
-        if let Some((client, name)) = cleanup {
+        if keep {
+            println!("kept: {url}");
+            std::mem::forget(dir);
+        } else if let Some((client, name)) = cleanup {
             client
                 .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
                 .await?;

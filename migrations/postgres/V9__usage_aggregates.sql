@@ -31,15 +31,15 @@ CREATE TABLE usage_blob_journal (
 );
 
 -- The (repository, blob) pairs the aggregates account for: a repository's manifests
--- reference the blob. Sizes are copied so that a pair can be let go after GC removed its
+-- reference the blob. Keyed blob first: the fold asks "who holds this blob", and the one
+-- index is all a rebuild writes. Sizes are copied so that a pair can be let go after GC removed its
 -- blob row.
 CREATE TABLE usage_repository_blobs (
     repository_id  BIGINT NOT NULL,
     blob_digest    TEXT NOT NULL,
     size           BIGINT NOT NULL,
-    PRIMARY KEY (repository_id, blob_digest)
+    PRIMARY KEY (blob_digest, repository_id)
 );
-CREATE INDEX usage_repository_blobs_by_blob ON usage_repository_blobs (blob_digest);
 
 -- Per blob: how many repositories account for it (absent: none).
 CREATE TABLE usage_blobs (
@@ -54,9 +54,8 @@ CREATE TABLE usage_namespace_blobs (
     namespace     TEXT COLLATE "C" NOT NULL,
     blob_digest   TEXT NOT NULL,
     repositories  BIGINT NOT NULL,
-    PRIMARY KEY (namespace, blob_digest)
+    PRIMARY KEY (blob_digest, namespace)
 );
-CREATE INDEX usage_namespace_blobs_by_blob ON usage_namespace_blobs (blob_digest, repositories);
 
 -- The manifests the aggregates account for, with what makes them tagged or untagged.
 -- untagged: no tag and no parent index (parents = 0).

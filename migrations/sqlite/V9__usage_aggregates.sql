@@ -27,9 +27,8 @@ CREATE TABLE usage_repository_blobs (
     repository_id  BIGINT NOT NULL,
     blob_digest    TEXT NOT NULL,
     size           BIGINT NOT NULL,
-    PRIMARY KEY (repository_id, blob_digest)
+    PRIMARY KEY (blob_digest, repository_id)
 );
-CREATE INDEX usage_repository_blobs_by_blob ON usage_repository_blobs (blob_digest);
 
 CREATE TABLE usage_blobs (
     blob_digest   TEXT PRIMARY KEY,
@@ -41,9 +40,8 @@ CREATE TABLE usage_namespace_blobs (
     namespace     TEXT NOT NULL,
     blob_digest   TEXT NOT NULL,
     repositories  BIGINT NOT NULL,
-    PRIMARY KEY (namespace, blob_digest)
+    PRIMARY KEY (blob_digest, namespace)
 );
-CREATE INDEX usage_namespace_blobs_by_blob ON usage_namespace_blobs (blob_digest, repositories);
 
 CREATE TABLE usage_manifests (
     manifest_id    BIGINT PRIMARY KEY,

@@ -376,7 +376,7 @@ impl WriteTx {
             for ns in namespaces_of(&names.get(self, repo).await?) {
                 let n: i64 = sqlx::query_scalar(
                     "INSERT INTO usage_namespace_blobs (namespace, blob_digest, repositories) VALUES ($1, $2, 1)
-                     ON CONFLICT (namespace, blob_digest) DO UPDATE SET repositories = usage_namespace_blobs.repositories + 1
+                     ON CONFLICT (blob_digest, namespace) DO UPDATE SET repositories = usage_namespace_blobs.repositories + 1
                      RETURNING repositories",
                 )
                 .bind(ns)
@@ -744,6 +744,17 @@ impl WriteTx {
         sqlx::query("DELETE FROM usage_journal")
             .execute(self.conn())
             .await?;
+        // Emptied in one statement (PostgreSQL: TRUNCATE, which leaves no dead rows for the
+        // inserts to wade through; reports wait for the rebuild meanwhile).
+        let empty = match self.dialect {
+            Dialect::Postgres => "TRUNCATE ",
+            Dialect::Sqlite => "DELETE FROM ",
+        };
+        for table in AGGREGATE_TABLES {
+            sqlx::query(&format!("{empty}{table}"))
+                .execute(self.conn())
+                .await?;
+        }
         for sql in REBUILD {
             sqlx::query(sql).execute(self.conn()).await?;
         }
@@ -768,30 +779,38 @@ impl WriteTx {
     }
 }
 
-/// The rebuild, after the journal is cleared. The accounted pairs and manifests are written
+/// What a rebuild writes afresh.
+const AGGREGATE_TABLES: &[&str] = &[
+    "usage_repository_blobs",
+    "usage_blobs",
+    "usage_namespace_blobs",
+    "usage_manifests",
+    "usage_repositories",
+    "usage_namespaces",
+];
+
+/// The rebuild, after the journal is cleared and the tables emptied, each inserted in key
+/// order. The accounted pairs and manifests are written
 /// first, from the edge tables; every figure is then computed from them, so the figures
 /// agree with them exactly, whatever commits meanwhile (a later fold moves both together).
 const REBUILD: &[&str] = &[
-    "DELETE FROM usage_repository_blobs",
     "INSERT INTO usage_repository_blobs (repository_id, blob_digest, size)
      SELECT DISTINCT mb.repository_id, mb.blob_digest, b.size
-     FROM manifest_blobs mb JOIN blobs b ON b.digest = mb.blob_digest",
-    "DELETE FROM usage_blobs",
+     FROM manifest_blobs mb JOIN blobs b ON b.digest = mb.blob_digest
+     ORDER BY mb.blob_digest, mb.repository_id",
     "INSERT INTO usage_blobs (blob_digest, size, repositories)
-     SELECT blob_digest, MAX(size), COUNT(*) FROM usage_repository_blobs GROUP BY blob_digest",
-    "DELETE FROM usage_namespace_blobs",
+     SELECT blob_digest, MAX(size), COUNT(*) FROM usage_repository_blobs
+     GROUP BY blob_digest ORDER BY blob_digest",
     "INSERT INTO usage_namespace_blobs (namespace, blob_digest, repositories)
      SELECT rn.namespace, u.blob_digest, COUNT(*)
      FROM usage_repository_blobs u JOIN repository_namespaces rn ON rn.repository_id = u.repository_id
-     GROUP BY rn.namespace, u.blob_digest",
-    "DELETE FROM usage_manifests",
+     GROUP BY u.blob_digest, rn.namespace ORDER BY u.blob_digest, rn.namespace",
     "INSERT INTO usage_manifests (manifest_id, repository_id, tags, parents, created_at)
      SELECT m.id, m.repository_id,
             (SELECT COUNT(*) FROM tags t WHERE t.manifest_id = m.id),
             (SELECT COUNT(*) FROM manifest_children c WHERE c.child_id = m.id),
             m.created_at
      FROM manifests m",
-    "DELETE FROM usage_repositories",
     "INSERT INTO usage_repositories (repository_id, tags, manifests, tagged_manifests,
          untagged_manifests, blobs, logical_size, exclusive_size, last_push_ms)
      SELECT r.id, COALESCE(m.tags, 0), COALESCE(m.manifests, 0), COALESCE(m.tagged, 0),
@@ -807,7 +826,6 @@ const REBUILD: &[&str] = &[
                        SUM(CASE WHEN ub.repositories = 1 THEN u.size ELSE 0 END) AS exclusive_size
                 FROM usage_repository_blobs u JOIN usage_blobs ub ON ub.blob_digest = u.blob_digest
                 GROUP BY u.repository_id) s ON s.repository_id = r.id",
-    "DELETE FROM usage_namespaces",
     "INSERT INTO usage_namespaces (namespace, repositories, tags, manifests, tagged_manifests,
          untagged_manifests, blobs, logical_size, exclusive_size, last_push_ms)
      SELECT c.namespace, c.repositories, c.tags, c.manifests, c.tagged, c.untagged,
