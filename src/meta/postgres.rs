@@ -15,6 +15,10 @@
 //! transaction is about; and last, at commit, the GC review queue (manifests by id, then
 //! blobs by digest; see reviews.rs). A statement that locks several rows of one table does so
 //! through `ORDER BY … FOR UPDATE/SHARE` before it writes them.
+//!
+//! The usage journal's triggers (migration V9) only append rows no one else touches until a
+//! fold deletes them, so they add no lock to this order; the fold takes its own advisory lock
+//! and writes only the usage tables, which no other transaction writes.
 
 use anyhow::Context;
 
