@@ -16,6 +16,7 @@ backend_tests!(
     referrers_live_and_die_with_their_subject,
     dry_run_matches_the_real_run,
     grace_period_and_untagged_policy,
+    queue_slices_pass_young_entries_and_drain_the_backlog,
     fsck_finds_orphans_and_missing_objects,
     torture_concurrent_pushes_deletes_and_gc,
 );
@@ -323,6 +324,108 @@ async fn grace_period_and_untagged_policy(b: Backend) {
     let r = collect(&s, true).await;
     assert_eq!(r.manifests_deleted, 1);
     assert_eq!(r.blobs_deleted, img.blobs.len() as u64);
+}
+
+/// The server's queue runs are slices with a time budget. A slice that meets entries it must
+/// keep (unreferenced but too young) moves them out of the way, so the next slice reaches the
+/// garbage behind them; and a backlog drains over several slices, each one batch long here.
+async fn queue_slices_pass_young_entries_and_drain_the_backlog(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let s = env.start().await;
+    let c = &s.client;
+    // Old garbage: an untagged image, queued when pushed (due = its push time).
+    let old = images::single(OCI_MANIFEST, "linux/amd64", &[5000], 300);
+    let old_digest = c.push_image("slices", &old.digest(), &old).await;
+    let loose = images::noise(5002, 200); // and an old blob nothing references
+    c.push_blob("slices", &loose).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cutoff = wharf::meta::now_ms();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // More than one batch (200) of young garbage queued ahead of it: tagged, then untagged,
+    // which queues each with due 0. Variants of one image (an annotation each) share its blobs.
+    let young = images::single(OCI_MANIFEST, "linux/amd64", &[5001], 300);
+    c.push_image("slices", "young", &young).await;
+    let mut template: serde_json::Value = serde_json::from_slice(&young.manifest).unwrap();
+    const YOUNG: usize = 230;
+    for i in 0..YOUNG {
+        template["annotations"] = serde_json::json!({ "n": i.to_string() });
+        let body = serde_json::to_vec(&template).unwrap();
+        c.push_manifest("slices", &format!("v{i}"), OCI_MANIFEST, &body)
+            .await;
+        assert_eq!(
+            c.delete(&format!("/v2/slices/manifests/v{i}"))
+                .await
+                .status(),
+            202
+        );
+    }
+    assert_eq!(c.delete("/v2/slices/manifests/young").await.status(), 202);
+    // The same for blobs: a deleted manifest queues its blobs with due 0, and these are young.
+    let layers: Vec<u64> = (6000..6000 + YOUNG as u64).collect();
+    let many = images::single(OCI_MANIFEST, "linux/amd64", &layers, 50);
+    c.push_image("slices", "many", &many).await;
+    assert_eq!(
+        c.delete(&format!("/v2/slices/manifests/{}", many.digest()))
+            .await
+            .status(),
+        202
+    );
+
+    let policy = GcPolicy {
+        cutoff_ms: cutoff,
+        delete_untagged: true,
+    };
+    let mut slices = Vec::new();
+    loop {
+        let r = s
+            .registry
+            .collect_garbage_slice(policy, Duration::ZERO)
+            .await
+            .unwrap();
+        let unfinished = r.unfinished;
+        slices.push(r);
+        if !unfinished {
+            break;
+        }
+        assert!(
+            slices.len() < 20,
+            "the slices never got past the young entries: {:?}",
+            slices
+                .iter()
+                .map(|r| (r.candidates_examined, r.manifests_deleted, r.blobs_deleted))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert!(slices.len() >= 2, "one batch per slice: {}", slices.len());
+    let manifests: Vec<_> = slices.iter().flat_map(manifest_set).collect();
+    assert_eq!(manifests, vec![("slices".to_string(), old_digest.clone())]);
+    let blobs: BTreeSet<String> = slices.iter().flat_map(blob_set).collect();
+    let mut expected: BTreeSet<String> = old.blob_digests().into_iter().collect();
+    expected.insert(sha256(&loose));
+    assert_eq!(blobs, expected);
+    assert_eq!(
+        c.get(&format!("/v2/slices/manifests/{old_digest}"))
+            .await
+            .status(),
+        404
+    );
+
+    // The young entries stayed queued: once they are old enough, the queue alone finds them.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let r = s
+        .registry
+        .collect_garbage(now_policy(true), gc::Mode::Queue, false)
+        .await
+        .unwrap();
+    assert_eq!(r.manifests_deleted as usize, YOUNG + 1, "{:?}", r.manifests);
+    let expected: BTreeSet<String> = young
+        .blob_digests()
+        .into_iter()
+        .chain(many.blob_digests())
+        .collect();
+    assert_eq!(blob_set(&r), expected);
+    let full = collect(&s, true).await;
+    assert_eq!((full.manifests_deleted, full.blobs_deleted), (0, 0));
 }
 
 async fn fsck_finds_orphans_and_missing_objects(b: Backend) {

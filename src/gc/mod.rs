@@ -19,6 +19,10 @@ const SCAN: i64 = 50_000;
 const DELETE_CONCURRENCY: usize = 16;
 /// No object delete of a phase-2 batch starts later than this after its rows were locked.
 const PHASE2_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a queue slice (what `wharf serve` runs) keeps starting batches. A slice that
+/// reaches it with due work left says so (`GcReport::unfinished`) and the server starts the
+/// next one at once: every run stays short, and a large backlog still drains at full speed.
+pub const SLICE: Duration = Duration::from_millis(500);
 
 /// What a run examines.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -52,6 +56,8 @@ pub struct GcReport {
     pub blobs_deleted: u64,
     pub bytes_freed: u64,
     pub duration_ms: u64,
+    /// A queue slice stopped at its time budget with due work left.
+    pub unfinished: bool,
     pub manifests: Vec<ReportManifest>,
     pub blobs: Vec<ReportBlob>,
 }
@@ -104,7 +110,8 @@ pub async fn run(
         ..Default::default()
     };
     if mode == Mode::Queue && !dry_run {
-        run_queue(meta, storage, policy, &mut report).await?;
+        // No time budget: the run stops when nothing due is left.
+        run_queue(meta, storage, policy, None, &mut report).await?;
         report.duration_ms = started.elapsed().as_millis() as u64;
         return Ok(report);
     }
@@ -139,11 +146,26 @@ pub async fn run(
     }
 
     tracing::debug!(target: "wharf::gc", ms = started.elapsed().as_millis() as u64, "manifests done");
-    report.links_deleted = meta.gc_delete_links(&policy).await?;
+    // Links in batches of blobs, each its own short transaction (one statement over every
+    // link would hold SQLite's write lock for the whole scan).
+    let mut after: Option<crate::oci::Digest> = None;
+    loop {
+        let digests = meta
+            .gc_link_candidates(&policy, after.as_ref(), SCAN)
+            .await?;
+        report.candidates_examined += digests.len() as u64;
+        for batch in digests.chunks(BATCH) {
+            report.links_deleted += meta.gc_delete_links_of(batch, &policy).await?;
+        }
+        if (digests.len() as i64) < SCAN {
+            break;
+        }
+        after = digests.last().cloned();
+    }
     tracing::debug!(target: "wharf::gc", ms = started.elapsed().as_millis() as u64, "links done");
 
     // Blobs: finish what an interrupted run left marked, then mark and delete new garbage.
-    delete_marked_blobs(meta, storage, &mut report).await?;
+    delete_marked_blobs(meta, storage, None, &mut report).await?;
     tracing::debug!(target: "wharf::gc", ms = started.elapsed().as_millis() as u64, "leftover blobs done");
     loop {
         let candidates = meta.gc_blob_candidates(&policy, SCAN).await?;
@@ -152,7 +174,7 @@ pub async fn run(
         let mut marked = 0;
         for batch in candidates.chunks(BATCH) {
             marked += meta.gc_mark_blobs(batch, &policy).await?;
-            delete_marked_blobs(meta, storage, &mut report).await?;
+            delete_marked_blobs(meta, storage, None, &mut report).await?;
         }
         if marked == 0 || (candidates.len() as i64) < SCAN {
             break;
@@ -162,45 +184,83 @@ pub async fn run(
     Ok(report)
 }
 
+/// One queue slice (what the server runs every `gc.interval`): due entries in batches until
+/// `budget` is spent. Sets `report.unfinished` and returns early when due work is left.
+pub async fn run_slice(
+    meta: &MetaStore,
+    storage: &dyn BlobStore,
+    policy: GcPolicy,
+    budget: Duration,
+) -> anyhow::Result<GcReport> {
+    let started = Instant::now();
+    let mut report = GcReport {
+        mode: Mode::Queue,
+        ..Default::default()
+    };
+    report.unfinished =
+        run_queue(meta, storage, policy, Some(started + budget), &mut report).await?;
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
 /// A run over the review queue. Deleting a manifest queues its children, referrers and blobs
-/// (in the same transaction), so one run follows a deletion all the way down.
+/// (in the same transaction), so a drained queue has followed a deletion all the way down.
+///
+/// Each batch either removes its entries from the queue or moves their due time past the
+/// cutoff (see `gc_settle_*`), so no batch is fetched twice in one run; should one come back
+/// unchanged all the same (a concurrent writer keeps re-queueing it), the run moves on. Returns
+/// whether it stopped at the deadline (checked after each batch, so every run makes progress)
+/// with due work left.
 async fn run_queue(
     meta: &MetaStore,
     storage: &dyn BlobStore,
     policy: GcPolicy,
+    deadline: Option<Instant>,
     report: &mut GcReport,
-) -> anyhow::Result<()> {
-    loop {
-        let ids = meta.gc_due_manifests(&policy, SCAN).await?;
-        report.candidates_examined += ids.len() as u64;
-        let mut progress = false;
-        for batch in ids.chunks(BATCH) {
-            let deleted = meta.gc_delete_manifests(batch, &policy).await?;
-            progress |= !deleted.is_empty();
-            report.manifests_deleted += deleted.len() as u64;
-            report.manifests.extend(deleted.into_iter().map(Into::into));
-            meta.gc_settle_manifests(batch, &policy).await?;
-        }
-        if !progress {
-            break; // what is left is too young, or was claimed by a push
-        }
+) -> anyhow::Result<bool> {
+    let spent = || deadline.is_some_and(|d| Instant::now() >= d);
+    if delete_marked_blobs(meta, storage, deadline, report).await? {
+        return Ok(true); // leftovers of an earlier run took the whole budget
     }
-    delete_marked_blobs(meta, storage, report).await?;
+    let mut last: Vec<i64> = Vec::new();
     loop {
-        let digests = meta.gc_due_blobs(&policy, SCAN).await?;
-        report.candidates_examined += digests.len() as u64;
-        let mut marked = 0;
-        for batch in digests.chunks(BATCH) {
-            report.links_deleted += meta.gc_delete_links_of(batch, &policy).await?;
-            marked += meta.gc_mark_blobs(batch, &policy).await?;
-            delete_marked_blobs(meta, storage, report).await?;
-            meta.gc_settle_blobs(batch).await?;
-        }
-        if marked == 0 || (digests.len() as i64) < SCAN {
+        let ids = meta.gc_due_manifests(&policy, BATCH as i64).await?;
+        if ids.is_empty() {
             break;
         }
+        if ids == last {
+            break; // a concurrent writer keeps these; the next run sees them again
+        }
+        report.candidates_examined += ids.len() as u64;
+        let deleted = meta.gc_delete_manifests(&ids, &policy).await?;
+        report.manifests_deleted += deleted.len() as u64;
+        report.manifests.extend(deleted.into_iter().map(Into::into));
+        meta.gc_settle_manifests(&ids, &policy).await?;
+        if spent() {
+            return Ok(true);
+        }
+        last = ids;
     }
-    Ok(())
+    let mut last: Vec<crate::oci::Digest> = Vec::new();
+    loop {
+        let digests = meta.gc_due_blobs(&policy, BATCH as i64).await?;
+        if digests.is_empty() {
+            break;
+        }
+        if digests == last {
+            break;
+        }
+        report.candidates_examined += digests.len() as u64;
+        report.links_deleted += meta.gc_delete_links_of(&digests, &policy).await?;
+        meta.gc_mark_blobs(&digests, &policy).await?;
+        delete_marked_blobs(meta, storage, deadline, report).await?;
+        meta.gc_settle_blobs(&digests).await?;
+        if spent() {
+            return Ok(true);
+        }
+        last = digests;
+    }
+    Ok(false)
 }
 
 /// Phase 2 for every blob marked `deleting`: objects first, under the row locks, then rows.
@@ -211,16 +271,20 @@ async fn run_queue(
 /// over stay `deleting` for the next run). What remains assumed: the lock is not lost while
 /// one wave is in flight (each driver delete is bounded in time and not retried late; see
 /// docs/gc.md).
+///
+/// Stops early, leaving marked blobs for the next run, at `deadline` (checked after each batch,
+/// so every call makes progress) or at a batch's own deadline; returns whether it did.
 async fn delete_marked_blobs(
     meta: &MetaStore,
     storage: &dyn BlobStore,
+    deadline: Option<Instant>,
     report: &mut GcReport,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     loop {
         let mut batch = meta.gc_begin_blob_delete(BATCH as i64).await?;
         if batch.blobs().is_empty() {
             batch.finish(&[]).await?;
-            return Ok(());
+            return Ok(false);
         }
         let locked_at = Instant::now();
         let blobs: Vec<GcBlob> = batch.blobs().to_vec();
@@ -260,36 +324,46 @@ async fn delete_marked_blobs(
         report.bytes_freed += done.iter().map(|b| b.size).sum::<u64>();
         let finished_all = done.len() == blobs.len();
         report.blobs.extend(done.into_iter().map(Into::into));
-        if !finished_all {
-            return Ok(());
+        if !finished_all || deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(true);
         }
     }
 }
 
-/// The background collector inside `wharf serve` (on the server's actix system): the review
-/// queue every `interval`, a full pass at start and every `fullinterval`.
+/// The background collector inside `wharf serve` (on the server's actix system): a queue slice
+/// every `interval` (back to back while a slice ends unfinished), a full pass at start and every
+/// `fullinterval`.
 pub fn spawn(registry: std::sync::Arc<Registry>, config: crate::config::GcConfig) {
     actix_web::rt::spawn(async move {
-        let mut tick = tokio::time::interval(config.interval.max(Duration::from_millis(10)));
+        let interval = config.interval.max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_full: Option<Instant> = None;
-        let interval = config.interval.max(Duration::from_millis(10));
+        let mut backlog = false;
         loop {
-            tick.tick().await;
+            if !backlog {
+                tick.tick().await;
+            }
+            backlog = false;
             // One replica at a time collects (the lease passes on if it dies).
             if !registry.lead_job("gc", crate::lease_ttl(interval)).await {
                 continue;
             }
             let policy = GcPolicy::with_grace(config.graceperiod, config.deleteuntagged);
-            let mode = match last_full {
-                Some(t) if t.elapsed() < config.fullinterval => Mode::Queue,
+            let result = match last_full {
+                Some(t) if t.elapsed() < config.fullinterval => {
+                    registry.collect_garbage_slice(policy, SLICE).await
+                }
                 _ => {
                     last_full = Some(Instant::now());
-                    Mode::Full
+                    registry.collect_garbage(policy, Mode::Full, false).await
                 }
             };
-            match registry.collect_garbage(policy, mode, false).await {
-                Ok(r) => log_report(&r),
+            match result {
+                Ok(r) => {
+                    backlog = r.unfinished;
+                    log_report(&r)
+                }
                 Err(e) => tracing::warn!(
                     error = format!("{e:#}"),
                     "garbage collection failed; will retry"
@@ -310,6 +384,7 @@ pub fn log_report(r: &GcReport) {
         blobs_deleted = r.blobs_deleted,
         bytes_freed = r.bytes_freed,
         duration_ms = r.duration_ms,
+        unfinished = r.unfinished,
         "garbage collection run"
     );
 }

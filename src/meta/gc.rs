@@ -193,32 +193,51 @@ impl MetaStore {
             .fetch_all(tx.conn())
             .await?;
 
-        let garbage = manifest_is_garbage();
-        let mut deleted = Vec::new();
-        // One at a time, so that a parent deleted earlier in the batch frees its children.
-        for id in ids {
-            let check = format!(
-                "SELECT r.name, m.digest, m.total_size FROM manifests m JOIN repositories r ON r.id = m.repository_id
-                 WHERE m.id = $3 AND {garbage}"
-            );
-            let row = sqlx::query(&check)
-                .bind(p.cutoff_ms)
-                .bind(policy_flag(p))
-                .bind(*id)
-                .fetch_optional(tx.conn())
-                .await?;
-            let Some(row) = row else { continue };
-            tx.review_dependents(*id).await?;
-            tx.delete_manifest_row(*id).await?;
-            deleted.push(GcManifest::from_row(&row)?);
-        }
+        // A new statement (rule L) picks those still garbage; all of them go together. A parent
+        // deleted here queues its children, which the next batch examines.
+        let check = format!(
+            "SELECT m.id, r.name, m.digest, m.total_size FROM manifests m JOIN repositories r ON r.id = m.repository_id
+             WHERE m.id IN ({}) AND {} ORDER BY m.id",
+            placeholders(3, ids.len()),
+            manifest_is_garbage()
+        );
+        let rows = bind_all(
+            sqlx::query(&check).bind(p.cutoff_ms).bind(policy_flag(p)),
+            ids.iter().copied(),
+        )
+        .fetch_all(tx.conn())
+        .await?;
+        let doomed = rows
+            .iter()
+            .map(|r| r.try_get::<i64, _>("id"))
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.review_dependents(&doomed).await?;
+        tx.delete_manifest_rows(&doomed).await?;
+        let deleted = from_rows(&rows)?;
         tx.commit().await?;
         Ok(deleted)
     }
 
-    /// Removes links that nothing in their repository references. Returns how many.
-    pub async fn gc_delete_links(&self, p: &GcPolicy) -> MetaResult<u64> {
-        retrying!("gc_delete_links", self.delete_garbage_links(None, p))
+    /// Up to `limit` blobs, in digest order after `after`, with links that look like garbage
+    /// now (unlocked; `gc_delete_links_of` re-checks).
+    pub async fn gc_link_candidates(
+        &self,
+        p: &GcPolicy,
+        after: Option<&Digest>,
+        limit: i64,
+    ) -> MetaResult<Vec<Digest>> {
+        let sql = format!(
+            "SELECT DISTINCT repository_blobs.blob_digest FROM repository_blobs
+             WHERE {LINK_IS_GARBAGE} AND repository_blobs.blob_digest > $2
+             ORDER BY repository_blobs.blob_digest LIMIT $3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(p.cutoff_ms)
+            .bind(after.map_or("", |d| d.as_str()))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| digest_col(r, "blob_digest")).collect()
     }
 
     /// Up to `limit` blobs that look like garbage now (unlocked).
@@ -333,7 +352,7 @@ impl MetaStore {
 
     /// Drops the reviews of `ids` that are settled: the manifest is gone, or something keeps
     /// it (a tag, a parent index, an existing subject, or the policy). Unreferenced manifests
-    /// that are merely too young keep their entry until they are old enough.
+    /// that are merely too young keep their entry, due when they are old enough.
     pub async fn gc_settle_manifests(&self, ids: &[i64], p: &GcPolicy) -> MetaResult<()> {
         retrying!("gc_settle_manifests", self.gc_settle_manifests_once(ids, p))
     }
@@ -363,6 +382,18 @@ impl MetaStore {
         bind_all(sqlx::query(&sql).bind(policy_flag(p)), ids.iter().copied())
             .execute(tx.conn())
             .await?;
+        // The rest are unreferenced but too young: due again when the manifest is old enough
+        // (`due` is on the scale of `created_at`). Until then no run fetches them, so a run
+        // that stops at its time budget never meets the same entries at the queue's head.
+        let sql = format!(
+            "UPDATE gc_manifest_reviews SET due = COALESCE(
+                 (SELECT m.created_at FROM manifests m WHERE m.id = gc_manifest_reviews.manifest_id), 0)
+             WHERE manifest_id IN ({})",
+            placeholders(1, ids.len())
+        );
+        bind_all(sqlx::query(&sql), ids.iter().copied())
+            .execute(tx.conn())
+            .await?;
         tx.commit().await
     }
 
@@ -381,35 +412,27 @@ impl MetaStore {
         if digests.is_empty() {
             return Ok(0);
         }
-        retrying!(
-            "gc_delete_links",
-            self.delete_garbage_links(Some(digests), p)
-        )
+        retrying!("gc_delete_links", self.delete_garbage_links(digests, p))
     }
 
-    /// Rule L for links: lock the garbage links (of `only` these blobs, or all), then delete
+    /// Rule L for links: lock the garbage links of these blobs, then delete
     /// in a new statement those still garbage. A mount or duplicate upload that refreshed a
     /// link's age before our lock was granted has committed by then, and the new statement
     /// sees it; a link that became garbage in between is locked by the DELETE itself, which
     /// re-evaluates the link's own age after any wait. Removing a link never endangers a blob
     /// by itself: the blob is only deleted after its own locked re-check, and a repository
     /// whose manifest references the blob serves it through that edge, link or not.
-    async fn delete_garbage_links(&self, only: Option<&[Digest]>, p: &GcPolicy) -> MetaResult<u64> {
-        let within = match only {
-            Some(d) => format!(
-                " AND repository_blobs.blob_digest IN ({})",
-                placeholders(2, d.len())
-            ),
-            None => String::new(),
-        };
+    async fn delete_garbage_links(&self, digests: &[Digest], p: &GcPolicy) -> MetaResult<u64> {
+        let within = format!(
+            " AND repository_blobs.blob_digest IN ({})",
+            placeholders(2, digests.len())
+        );
         let mut tx = self.begin_write().await?;
         let lock = format!(
             "SELECT repository_id, blob_digest FROM repository_blobs WHERE {LINK_IS_GARBAGE}{within}
              ORDER BY blob_digest, repository_id{}",
             tx.dialect.lock_update()
         );
-        let no_digests: &[Digest] = &[];
-        let digests = only.unwrap_or(no_digests);
         bind_digests(sqlx::query(&lock).bind(p.cutoff_ms), digests)
             .fetch_all(tx.conn())
             .await?;
@@ -422,7 +445,8 @@ impl MetaStore {
     }
 
     /// Drops the reviews of `digests` that are settled: the blob is gone or being deleted, or a
-    /// manifest references it. A blob still linked (young links) keeps its entry.
+    /// manifest references it. A blob still linked (young links) keeps its entry, due when
+    /// the youngest link is old enough.
     pub async fn gc_settle_blobs(&self, digests: &[Digest]) -> MetaResult<()> {
         retrying!("gc_settle_blobs", self.gc_settle_blobs_once(digests))
     }
@@ -444,6 +468,20 @@ impl MetaStore {
             "DELETE FROM gc_blob_reviews WHERE blob_digest IN ({}) AND (
                  NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = gc_blob_reviews.blob_digest AND b.status = 'active')
                  OR EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob_digest = gc_blob_reviews.blob_digest))",
+            placeholders(1, digests.len())
+        );
+        bind_digests(sqlx::query(&sql), digests)
+            .execute(tx.conn())
+            .await?;
+        // The rest are kept by a young link or are young themselves: due again when the
+        // youngest of the blob and its links is old enough.
+        let sql = format!(
+            "UPDATE gc_blob_reviews SET due = COALESCE((
+                 SELECT CASE WHEN MAX(rb.created_at) > b.created_at THEN MAX(rb.created_at) ELSE b.created_at END
+                   FROM blobs b LEFT JOIN repository_blobs rb ON rb.blob_digest = b.digest
+                  WHERE b.digest = gc_blob_reviews.blob_digest
+                  GROUP BY b.digest, b.created_at), 0)
+             WHERE blob_digest IN ({})",
             placeholders(1, digests.len())
         );
         bind_digests(sqlx::query(&sql), digests)

@@ -274,8 +274,8 @@ impl MetaStore {
         if let Some(p) = parent {
             return Ok(DeleteOutcome::ReferencedBy(digest_col(&p, "digest")?));
         }
-        tx.review_dependents(id).await?;
-        tx.delete_manifest_row(id).await?;
+        tx.review_dependents(&[id]).await?;
+        tx.delete_manifest_rows(&[id]).await?;
         tx.commit().await?;
         Ok(DeleteOutcome::Deleted)
     }
@@ -313,11 +313,16 @@ impl WriteTx {
     }
 
     /// Deletes a manifest row; its tags and edges go with it (ON DELETE CASCADE).
-    pub(super) async fn delete_manifest_row(&mut self, id: i64) -> MetaResult<()> {
-        sqlx::query("DELETE FROM manifests WHERE id = $1")
-            .bind(id)
-            .execute(self.conn())
-            .await?;
+    pub(super) async fn delete_manifest_rows(&mut self, ids: &[i64]) -> MetaResult<()> {
+        for chunk in ids.chunks(EDGE_BATCH) {
+            let sql = format!(
+                "DELETE FROM manifests WHERE id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            bind_all(sqlx::query(&sql), chunk.iter().copied())
+                .execute(self.conn())
+                .await?;
+        }
         Ok(())
     }
 

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use sqlx::Row;
 
-use super::sql::{digest_col, placeholders};
+use super::sql::{bind_all, digest_col, placeholders};
 use super::{MetaResult, WriteTx};
 use crate::oci::Digest;
 
@@ -44,28 +44,33 @@ impl WriteTx {
         keep_earliest(&mut self.reviews.blobs, digest.to_string(), due);
     }
 
-    /// Before manifest `id` is deleted: queues what its deletion may turn into garbage — its
-    /// blobs, its children and its referrers (read now, while the edges still exist).
-    pub(super) async fn review_dependents(&mut self, id: i64) -> MetaResult<()> {
-        let blobs = sqlx::query("SELECT blob_digest FROM manifest_blobs WHERE manifest_id = $1")
-            .bind(id)
-            .fetch_all(self.conn())
-            .await?;
-        for r in &blobs {
-            self.review_blob(&digest_col(r, "blob_digest")?, 0);
-        }
-        let manifests = sqlx::query(
-            "SELECT child_id FROM manifest_children WHERE parent_id = $1
-             UNION
-             SELECT r.id FROM manifests m
-               JOIN manifests r ON r.repository_id = m.repository_id AND r.subject_digest = m.digest
-             WHERE m.id = $1",
-        )
-        .bind(id)
-        .fetch_all(self.conn())
-        .await?;
-        for r in &manifests {
-            self.review_manifest(r.try_get::<i64, _>(0)?, 0);
+    /// Before manifests `ids` are deleted: queues what their deletion may turn into garbage —
+    /// their blobs, children and referrers (read now, while the edges still exist).
+    pub(super) async fn review_dependents(&mut self, ids: &[i64]) -> MetaResult<()> {
+        for chunk in ids.chunks(REVIEW_BATCH) {
+            let within = placeholders(1, chunk.len());
+            let sql = format!(
+                "SELECT DISTINCT blob_digest FROM manifest_blobs WHERE manifest_id IN ({within})"
+            );
+            let blobs = bind_all(sqlx::query(&sql), chunk.iter().copied())
+                .fetch_all(self.conn())
+                .await?;
+            for r in &blobs {
+                self.review_blob(&digest_col(r, "blob_digest")?, 0);
+            }
+            let sql = format!(
+                "SELECT child_id FROM manifest_children WHERE parent_id IN ({within})
+                 UNION
+                 SELECT r.id FROM manifests m
+                   JOIN manifests r ON r.repository_id = m.repository_id AND r.subject_digest = m.digest
+                 WHERE m.id IN ({within})"
+            );
+            let manifests = bind_all(sqlx::query(&sql), chunk.iter().copied())
+                .fetch_all(self.conn())
+                .await?;
+            for r in &manifests {
+                self.review_manifest(r.try_get::<i64, _>(0)?, 0);
+            }
         }
         Ok(())
     }

@@ -181,17 +181,23 @@ impl Registry {
     ) -> anyhow::Result<GcReport> {
         let started = std::time::Instant::now();
         let result = crate::gc::run(&self.meta, self.storage.as_ref(), policy, mode, dry_run).await;
-        let mode_label = if dry_run { "dry_run" } else { mode.label() };
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        metrics::counter!(crate::metrics::GC_RUNS, "mode" => mode_label, "result" => outcome)
-            .increment(1);
-        metrics::histogram!(crate::metrics::GC_DURATION, "mode" => mode_label)
-            .record(started.elapsed().as_secs_f64());
-        if let (Ok(r), false) = (&result, dry_run) {
-            metrics::counter!(crate::metrics::GC_MANIFESTS_DELETED).increment(r.manifests_deleted);
-            metrics::counter!(crate::metrics::GC_BLOBS_DELETED).increment(r.blobs_deleted);
-            metrics::counter!(crate::metrics::GC_BYTES_FREED).increment(r.bytes_freed);
-        }
+        record_gc(
+            if dry_run { "dry_run" } else { mode.label() },
+            started,
+            &result,
+        );
+        result
+    }
+
+    /// One queue slice of at most about `budget` (see `gc::run_slice`): what the server runs.
+    pub async fn collect_garbage_slice(
+        &self,
+        policy: GcPolicy,
+        budget: std::time::Duration,
+    ) -> anyhow::Result<GcReport> {
+        let started = std::time::Instant::now();
+        let result = crate::gc::run_slice(&self.meta, self.storage.as_ref(), policy, budget).await;
+        record_gc(Mode::Queue.label(), started, &result);
         result
     }
 
@@ -523,4 +529,16 @@ where
 {
     use futures_util::StreamExt;
     body.map(|r| r.map_err(|e| io::Error::other(e.to_string())))
+}
+
+fn record_gc(mode: &'static str, started: std::time::Instant, result: &anyhow::Result<GcReport>) {
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics::counter!(crate::metrics::GC_RUNS, "mode" => mode, "result" => outcome).increment(1);
+    metrics::histogram!(crate::metrics::GC_DURATION, "mode" => mode)
+        .record(started.elapsed().as_secs_f64());
+    if let (Ok(r), false) = (result, mode == "dry_run") {
+        metrics::counter!(crate::metrics::GC_MANIFESTS_DELETED).increment(r.manifests_deleted);
+        metrics::counter!(crate::metrics::GC_BLOBS_DELETED).increment(r.blobs_deleted);
+        metrics::counter!(crate::metrics::GC_BYTES_FREED).increment(r.bytes_freed);
+    }
 }
