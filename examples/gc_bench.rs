@@ -1,7 +1,9 @@
 //! GC benchmark: seeds a store of N blobs (images of 10 blobs each, every image tagged except
 //! 1%, whose blobs are therefore garbage, and whose untagging queued them for review, as a tag
-//! deletion does), then times a queue run (what the server runs every interval), an idle queue
-//! run, and a full pass over every row (the periodic safety net); the tag list of the
+//! deletion does), then drains the queue in slices as the server does (each slice stops
+//! starting batches after `gc::SLICE`; the next starts at once): the longest slice, how many,
+//! and the time to drain. Then an idle slice, and a full pass over every row (the periodic
+//! safety net); the tag list of the
 //! repository (whole, and a first page of 100); and manifest PUT latency while idle and while
 //! a full pass runs beside the pushes.
 //!
@@ -92,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     println!(
-        "backend\tblobs\tgarbage_blobs\tqueue_run_ms\tmanifests_deleted\tblobs_deleted\tidle_queue_run_ms\tfull_pass_ms\ttags_all_ms\ttags_100_ms\tput_p50_idle_ms\tput_p50_during_full_ms\tput_p99_during_full_ms\tfull_pass_beside_puts_ms"
+        "backend\tblobs\tgarbage_blobs\tslices\tmax_slice_ms\tdrain_ms\tmanifests_deleted\tblobs_deleted\tidle_slice_ms\tfull_pass_ms\ttags_all_ms\ttags_100_ms\tput_p50_idle_ms\tput_p50_during_full_ms\tput_p99_during_full_ms\tfull_pass_beside_puts_ms"
     );
     for blobs in sizes {
         let dir = tempfile::tempdir()?;
@@ -132,14 +134,35 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::Ok((started.elapsed().as_secs_f64() * 1000.0, report))
             }
         };
-        let (queue_ms, report) = timed(wharf::gc::Mode::Queue).await?;
+        let slice = || {
+            let registry = &registry;
+            async move {
+                let started = Instant::now();
+                let report = registry
+                    .collect_garbage_slice(policy, wharf::gc::SLICE)
+                    .await?;
+                anyhow::Ok((started.elapsed().as_secs_f64() * 1000.0, report))
+            }
+        };
+        let (mut slices, mut max_slice_ms, mut drain_ms) = (0, 0f64, 0f64);
+        let (mut manifests_deleted, mut blobs_deleted) = (0, 0);
+        loop {
+            let (ms, r) = slice().await?;
+            slices += 1;
+            max_slice_ms = max_slice_ms.max(ms);
+            drain_ms += ms;
+            manifests_deleted += r.manifests_deleted;
+            blobs_deleted += r.blobs_deleted;
+            if !r.unfinished {
+                break;
+            }
+        }
         anyhow::ensure!(
-            report.blobs_deleted as usize == garbage,
-            "expected {garbage} blobs collected, got {}",
-            report.blobs_deleted
+            blobs_deleted as usize == garbage,
+            "expected {garbage} blobs collected, got {blobs_deleted}"
         );
-        let (idle_ms, idle) = timed(wharf::gc::Mode::Queue).await?;
-        anyhow::ensure!(idle.blobs_deleted == 0);
+        let (idle_ms, idle) = slice().await?;
+        anyhow::ensure!(idle.blobs_deleted == 0 && !idle.unfinished);
         let (full_ms, full) = timed(wharf::gc::Mode::Full).await?;
         anyhow::ensure!(
             full.blobs_deleted == 0 && full.manifests_deleted == 0,
@@ -147,7 +170,7 @@ async fn main() -> anyhow::Result<()> {
         );
         let repo: RepoName = "bench/app".parse().map_err(anyhow::Error::msg)?;
         let pusher = MetaStore::open(&url, 2).await?;
-        let count = |t: Option<Vec<String>>| t.map_or(0, |t| t.len());
+        let count = |t: Option<wharf::meta::Names>| t.map_or(0, |t| t.len());
         let started = Instant::now();
         let all = count(pusher.tags(&repo, None, None).await?);
         let tags_all_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -167,9 +190,7 @@ async fn main() -> anyhow::Result<()> {
         let ((beside_ms, _), during) =
             tokio::try_join!(full_pass, manifest_puts(&pusher, blobs, 1, 100))?;
         println!(
-            "{backend}\t{blobs}\t{garbage}\t{queue_ms:.1}\t{}\t{}\t{idle_ms:.1}\t{full_ms:.1}\t{tags_all_ms:.1}\t{tags_100_ms:.1}\t{:.2}\t{:.2}\t{:.2}\t{beside_ms:.1}",
-            report.manifests_deleted,
-            report.blobs_deleted,
+            "{backend}\t{blobs}\t{garbage}\t{slices}\t{max_slice_ms:.1}\t{drain_ms:.1}\t{manifests_deleted}\t{blobs_deleted}\t{idle_ms:.1}\t{full_ms:.1}\t{tags_all_ms:.1}\t{tags_100_ms:.1}\t{:.2}\t{:.2}\t{:.2}\t{beside_ms:.1}",
             idle[idle.len() / 2],
             during[during.len() / 2],
             during[during.len() * 99 / 100]

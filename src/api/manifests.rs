@@ -4,10 +4,10 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use serde_json::json;
 
 use super::{DIGEST_HEADER, header_str, pagination, query};
 use crate::error::{Error, Result};
+use crate::meta::Names;
 use crate::oci::{Digest, Reference, RepoName, manifest};
 use crate::registry::{MAX_MANIFEST_BYTES, Registry};
 
@@ -94,24 +94,24 @@ pub async fn delete(
 
 /// Runs a listing with one extra row to learn whether a next page exists; returns the page
 /// and the `Link` header for the next one.
-async fn page<F, Fut>(req: &HttpRequest, list: F) -> Result<(Vec<String>, Option<String>)>
+async fn page<F, Fut>(req: &HttpRequest, list: F) -> Result<(Names, Option<String>)>
 where
     F: FnOnce(Option<String>, Option<u32>) -> Fut,
-    Fut: std::future::Future<Output = Result<Vec<String>>>,
+    Fut: std::future::Future<Output = Result<Names>>,
 {
     let (n, last) = pagination(req)?;
     if n == Some(0) {
-        return Ok((Vec::new(), None));
+        return Ok((Names::default(), None));
     }
     let mut items = list(last, n.map(|n| n.saturating_add(1))).await?;
     let link = match n {
         Some(n) if items.len() > n as usize => {
             items.truncate(n as usize);
-            let last = items.last().cloned().unwrap_or_default();
+            let last = items.last().unwrap_or_default();
             let next = format!(
                 "{}?n={n}&last={}",
                 req.path(),
-                percent_encoding::utf8_percent_encode(&last, percent_encoding::NON_ALPHANUMERIC)
+                percent_encoding::utf8_percent_encode(last, percent_encoding::NON_ALPHANUMERIC)
             );
             Some(format!("<{next}>; rel=\"next\""))
         }
@@ -120,12 +120,17 @@ where
     Ok((items, link))
 }
 
-fn json_with_link(body: serde_json::Value, link: Option<String>) -> HttpResponse {
+/// `{"<prefix>…": [names]}` written straight from the listing (see `Names`).
+fn listing(prefix: &str, names: &Names, link: Option<String>) -> HttpResponse {
+    let mut body = String::with_capacity(prefix.len() + 3);
+    body.push_str(prefix);
+    names.write_json_array(&mut body);
+    body.push('}');
     let mut resp = HttpResponse::Ok();
     if let Some(l) = link {
         resp.insert_header((header::LINK, l));
     }
-    resp.content_type("application/json").body(body.to_string())
+    resp.content_type("application/json").body(body)
 }
 
 pub async fn tags(req: &HttpRequest, reg: &Registry, name: &RepoName) -> Result<HttpResponse> {
@@ -137,10 +142,9 @@ pub async fn tags(req: &HttpRequest, reg: &Registry, name: &RepoName) -> Result<
         // Unknown repositories are NAME_UNKNOWN even when the page would be empty.
         reg.tags(name, None, Some(0)).await?;
     }
-    Ok(json_with_link(
-        json!({"name": name.as_str(), "tags": tags}),
-        link,
-    ))
+    // Repository names need no JSON escaping (their grammar has no quote or backslash).
+    let prefix = format!("{{\"name\":\"{}\",\"tags\":", name.as_str());
+    Ok(listing(&prefix, &tags, link))
 }
 
 /// The catalog: every repository, or (with an access policy) those the caller may pull.
@@ -160,23 +164,23 @@ pub async fn catalog(
         loop {
             let batch = reg.catalog(after.as_deref(), Some(BATCH)).await?;
             let done = (batch.len() as u32) < BATCH;
-            after = batch.last().cloned();
-            for name in batch {
+            after = batch.last().map(str::to_string);
+            for name in batch.iter() {
                 let visible = name.parse::<RepoName>().is_ok_and(|r| allowed.may_pull(&r));
                 if visible {
-                    out.push(name);
+                    out.push(name.to_string());
                 }
                 if n.is_some_and(|n| out.len() as u32 >= n) {
-                    return Ok(out);
+                    return Ok(Names::from_sorted(out));
                 }
             }
             if done {
-                return Ok(out);
+                return Ok(Names::from_sorted(out));
             }
         }
     })
     .await?;
-    Ok(json_with_link(json!({"repositories": repos}), link))
+    Ok(listing("{\"repositories\":", &repos, link))
 }
 
 pub async fn referrers(

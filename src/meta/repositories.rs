@@ -3,7 +3,8 @@
 
 use sqlx::{Any, Executor, Row};
 
-use super::sql::{now_ms, split_names};
+use super::names::Names;
+use super::sql::now_ms;
 use super::{MetaError, MetaResult, MetaStore, WriteTx};
 use crate::oci::RepoName;
 
@@ -35,11 +36,11 @@ impl MetaStore {
 
     /// Repositories holding at least one manifest, after `last` in byte order.
     #[tracing::instrument(skip_all)]
-    pub async fn catalog(&self, last: Option<&str>, limit: Option<u32>) -> MetaResult<Vec<String>> {
+    pub async fn catalog(&self, last: Option<&str>, limit: Option<u32>) -> MetaResult<Names> {
         // One row of joined names rather than a row per name: at 100k the per-row cost of the
         // driver dominates. Repository names cannot hold a comma.
         let joined: Option<String> = sqlx::query_scalar(
-            "SELECT string_agg(name, ',' ORDER BY name) FROM (
+            "SELECT string_agg(name, ',') FROM (
                  SELECT r.name FROM repositories r
                  WHERE r.name > $1 AND EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)
                  ORDER BY r.name LIMIT $2
@@ -49,7 +50,7 @@ impl MetaStore {
         .bind(limit.map_or(i64::MAX, i64::from))
         .fetch_one(&self.pool)
         .await?;
-        Ok(split_names(joined))
+        Ok(Names::from_joined(joined))
     }
 
     /// Repositories created before namespaces were recorded get theirs (once per database:

@@ -65,11 +65,3 @@ pub(super) trait FromRow: Sized {
 pub(super) fn from_rows<T: FromRow>(rows: &[AnyRow]) -> MetaResult<Vec<T>> {
     rows.iter().map(T::from_row).collect()
 }
-
-/// Names joined with commas by `string_agg` (NULL when there were none).
-pub(super) fn split_names(joined: Option<String>) -> Vec<String> {
-    match joined {
-        Some(j) if !j.is_empty() => j.split(',').map(str::to_string).collect(),
-        _ => Vec::new(),
-    }
-}

@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::sql::split_names;
+use super::names::Names;
 use super::{MetaResult, MetaStore, WriteTx};
 use crate::oci::{RepoName, Tag};
 
@@ -15,14 +15,15 @@ impl MetaStore {
         repo: &RepoName,
         last: Option<&str>,
         limit: Option<u32>,
-    ) -> MetaResult<Option<Vec<String>>> {
+    ) -> MetaResult<Option<Names>> {
         let Some(repo_id) = self.repository_id(repo).await? else {
             return Ok(None);
         };
         // One row, the names joined, rather than a row per tag: at 100k tags the per-row cost
-        // of the driver dominates. Tag names cannot hold a comma.
+        // of the driver dominates. Tag names cannot hold a comma. The page comes off the
+        // primary key in order; `Names` checks the order rather than sorting again here.
         let joined: Option<String> = sqlx::query_scalar(
-            "SELECT string_agg(name, ',' ORDER BY name) FROM (
+            "SELECT string_agg(name, ',') FROM (
                  SELECT name FROM tags WHERE repository_id = $1 AND name > $2 ORDER BY name LIMIT $3
              ) page",
         )
@@ -31,7 +32,7 @@ impl MetaStore {
         .bind(limit.map_or(i64::MAX, i64::from))
         .fetch_one(&self.pool)
         .await?;
-        Ok(Some(split_names(joined)))
+        Ok(Some(Names::from_joined(joined)))
     }
 
     /// Removes a tag; its manifest is queued for GC review. False if there was no such tag.

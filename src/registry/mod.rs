@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::fsck::{FsckOptions, FsckReport};
 use crate::gc::{GcReport, Mode};
 use crate::meta::{
-    DeleteOutcome, GcPolicy, ManifestRecord, MetaStore, NewManifest, PutManifestOutcome,
+    DeleteOutcome, GcPolicy, ManifestRecord, MetaStore, Names, NewManifest, PutManifestOutcome,
 };
 use crate::oci::{Digest, ParsedManifest, Reference, RepoName, manifest};
 use crate::storage::{BlobStore, ByteStream, StorageErrorKind};
@@ -468,7 +468,7 @@ impl Registry {
         repo: &RepoName,
         last: Option<&str>,
         limit: Option<u32>,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Names> {
         self.meta
             .tags(repo, last, limit)
             .await?
@@ -476,7 +476,7 @@ impl Registry {
     }
 
     #[tracing::instrument(skip_all)]
-    pub async fn catalog(&self, last: Option<&str>, limit: Option<u32>) -> Result<Vec<String>> {
+    pub async fn catalog(&self, last: Option<&str>, limit: Option<u32>) -> Result<Names> {
         Ok(self.meta.catalog(last, limit).await?)
     }
 
