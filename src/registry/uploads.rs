@@ -75,13 +75,16 @@ impl Registry {
         Ok((writer, record))
     }
 
-    /// Writes `body` at the upload's end and saves the new state.
+    /// Writes `body` at the upload's end and, with `save`, records the new state (so that any
+    /// replica can resume from it). A request that completes the upload in the same breath
+    /// need not: nothing resumes from a state the next step replaces.
     async fn append_locked<S, E>(
         &self,
         writer: &mut dyn UploadWriter,
         record: &mut UploadRecord,
         range: Option<ContentRange>,
         body: S,
+        save: Save,
     ) -> Result<()>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
@@ -130,16 +133,17 @@ impl Registry {
         }
         let new_size = record.size + appended.written;
         let hash_state = hasher.save();
-        if !self
-            .meta
-            .save_upload_progress(
-                &record.id,
-                record.size,
-                new_size,
-                &hash_state,
-                &appended.state,
-            )
-            .await?
+        if save == Save::Progress
+            && !self
+                .meta
+                .save_upload_progress(
+                    &record.id,
+                    record.size,
+                    new_size,
+                    &hash_state,
+                    &appended.state,
+                )
+                .await?
         {
             // Cannot happen while the storage lock serialises writers; refuse rather than guess.
             return Err(Error::BlobUploadInvalid(format!(
@@ -168,7 +172,7 @@ impl Registry {
     {
         let _in_flight = InFlight::start();
         let (mut writer, mut record) = self.open_upload(repo, id).await?;
-        self.append_locked(writer.as_mut(), &mut record, range, body)
+        self.append_locked(writer.as_mut(), &mut record, range, body, Save::Progress)
             .await?;
         Ok(UploadStatus {
             id: record.id,
@@ -191,9 +195,26 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        self.finish_upload(repo, id, digest, range, body, Save::Progress)
+            .await
+    }
+
+    async fn finish_upload<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        digest: &Digest,
+        range: Option<ContentRange>,
+        body: S,
+        save: Save,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
         let _in_flight = InFlight::start();
         let (mut writer, mut record) = self.open_upload(repo, id).await?;
-        self.append_locked(writer.as_mut(), &mut record, range, body)
+        self.append_locked(writer.as_mut(), &mut record, range, body, save)
             .await?;
         let hasher = Sha256Hasher::restore(&record.hash_state).ok_or_else(|| {
             Error::internal("upload", format!("corrupt hash state for upload {id}"))
@@ -254,7 +275,7 @@ impl Registry {
     {
         let status = self.start_upload(repo).await?;
         let result = self
-            .complete_upload(repo, &status.id, digest, None, body)
+            .finish_upload(repo, &status.id, digest, None, body, Save::Nothing)
             .await;
         if result.is_err() {
             self.discard_failed_upload(&status.id).await;
@@ -338,4 +359,15 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         metrics::gauge!(crate::metrics::UPLOADS_IN_FLIGHT).decrement(1.0);
     }
+}
+
+/// Whether an append records the upload's new state in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Save {
+    /// The state a client (on any replica) resumes from: a PATCH, or a PUT's final chunk,
+    /// which must be resumable should the commit fail.
+    Progress,
+    /// A monolithic POST ?digest=: the bytes go straight on to the commit in this request,
+    /// and if that fails the whole upload is discarded; no one can resume it.
+    Nothing,
 }
