@@ -86,6 +86,68 @@ impl Target {
         Ok(digest)
     }
 
+    /// A blob in one request, `POST ?digest=` with the body, where the registry takes that
+    /// (201); otherwise the session it opened (202) gets the body in a PUT, as a client would.
+    pub async fn push_blob_monolithic(&self, repo: &str, data: Bytes) -> anyhow::Result<String> {
+        let digest = digest_of(&data);
+        let r = self
+            .client
+            .post(self.url(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
+            .header("content-type", "application/octet-stream")
+            .body(data.clone())
+            .send()
+            .await?;
+        match r.status().as_u16() {
+            201 => Ok(digest),
+            202 => {
+                let loc = self.location(&r)?;
+                let r = self
+                    .client
+                    .put(Self::with_digest(&loc, &digest))
+                    .header("content-type", "application/octet-stream")
+                    .body(data)
+                    .send()
+                    .await?;
+                ensure!(r.status() == 201, "PUT blob: {}", r.status());
+                Ok(digest)
+            }
+            s => bail!("POST ?digest=: {s}"),
+        }
+    }
+
+    /// A blob in `chunk`-byte PATCHes with `Content-Range`, then an empty PUT.
+    pub async fn push_blob_chunked(
+        &self,
+        repo: &str,
+        data: Bytes,
+        chunk: usize,
+    ) -> anyhow::Result<String> {
+        let digest = digest_of(&data);
+        let mut loc = self.start_upload(repo).await?;
+        let mut pos = 0;
+        while pos < data.len() {
+            let end = (pos + chunk).min(data.len());
+            let r = self
+                .client
+                .patch(&loc)
+                .header("content-type", "application/octet-stream")
+                .header("content-range", format!("{pos}-{}", end - 1))
+                .body(data.slice(pos..end))
+                .send()
+                .await?;
+            ensure!(r.status() == 202, "PATCH at {pos}: {}", r.status());
+            loc = self.location(&r)?;
+            pos = end;
+        }
+        let r = self
+            .client
+            .put(Self::with_digest(&loc, &digest))
+            .send()
+            .await?;
+        ensure!(r.status() == 201, "PUT blob: {}", r.status());
+        Ok(digest)
+    }
+
     /// A blob in three requests: POST, one streamed PATCH, PUT (what docker and skopeo do).
     pub async fn push_blob_patch(&self, repo: &str, data: Bytes) -> anyhow::Result<String> {
         let digest = digest_of(&data);
@@ -228,7 +290,17 @@ where
     })
 }
 
-/// Distinct small blobs pushed by `workers` clients (POST + PUT each).
+/// How a small blob is pushed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// POST, then PUT with the body.
+    PostPut,
+    /// One `POST ?digest=` with the body (POST + PUT where the registry does not take it).
+    Monolithic,
+}
+
+/// Distinct small blobs pushed by `workers` clients.
+#[allow(clippy::too_many_arguments)]
 pub async fn push_small(
     t: &Target,
     out: &mut Out,
@@ -237,20 +309,26 @@ pub async fn push_small(
     workers: usize,
     secs: f64,
     salt: u64,
+    how: Push,
 ) -> anyhow::Result<()> {
     let (t2, repo2) = (t.clone(), repo.to_string());
     let r = run_for(workers, secs, 50, u64::MAX, move |w, i| {
         let (t, repo) = (t2.clone(), repo2.clone());
         async move {
             let seed = salt ^ ((w as u64) << 40) ^ i;
-            t.push_blob(&repo, Bytes::from(Noise::bytes(seed, size)))
-                .await?;
+            let data = Bytes::from(Noise::bytes(seed, size));
+            match how {
+                Push::PostPut => t.push_blob(&repo, data).await?,
+                Push::Monolithic => t.push_blob_monolithic(&repo, data).await?,
+            };
             Ok(size as u64)
         }
     })
     .await?;
     out.metric("blobs_per_s", r.ops as f64 / r.wall, "higher");
-    out.metric("requests_per_s", 2.0 * r.ops as f64 / r.wall, "higher");
+    if how == Push::PostPut {
+        out.metric("requests_per_s", 2.0 * r.ops as f64 / r.wall, "higher");
+    }
     out.metric("p50_ms", r.latencies.quantile(0.5) * 1e3, "lower");
     out.metric("p99_ms", r.latencies.quantile(0.99) * 1e3, "lower");
     Ok(())
@@ -321,6 +399,44 @@ pub async fn big(
         best = best.min(started.elapsed().as_secs_f64());
     }
     out.metric("pull_MBps", size as f64 / 1e6 / best, "higher");
+    // Another blob of the same size in 1 MiB PATCHes with Content-Range (what a client with
+    // a chunk size does, and where the cost per request shows).
+    let data = Bytes::from(Noise::bytes(salt ^ (3 << 50), size));
+    let started = Instant::now();
+    t.push_blob_chunked(repo, data, 1 << 20).await?;
+    out.metric(
+        "push_1MiB_chunks_MBps",
+        size as f64 / 1e6 / started.elapsed().as_secs_f64(),
+        "higher",
+    );
+    Ok(())
+}
+
+/// One blob of `size` bytes GET whole, over and over, by `workers` connections.
+pub async fn get_large(
+    t: &Target,
+    out: &mut Out,
+    repo: &str,
+    size: usize,
+    workers: usize,
+    secs: f64,
+    salt: u64,
+) -> anyhow::Result<()> {
+    let digest = t
+        .push_blob_patch(repo, Bytes::from(Noise::bytes(salt ^ (4 << 50), size)))
+        .await?;
+    let (t2, path) = (t.clone(), format!("/v2/{repo}/blobs/{digest}"));
+    let r = run_for(workers, secs, workers as u64, u64::MAX, move |_, _| {
+        let (t, path) = (t2.clone(), path.clone());
+        async move {
+            let n = t.get_discard(&path, None).await?;
+            ensure!(n == size as u64, "pulled {n} of {size} bytes");
+            Ok(n)
+        }
+    })
+    .await?;
+    out.metric("MBps", r.bytes as f64 / 1e6 / r.wall, "higher");
+    out.metric("p50_ms", r.latencies.quantile(0.5) * 1e3, "lower");
     Ok(())
 }
 
@@ -392,6 +508,7 @@ pub async fn list(
     path: &str,
     key: &str,
     expect: &[usize],
+    workers: usize,
     secs: f64,
 ) -> anyhow::Result<()> {
     let (t2, path2, key2, expect2) = (
@@ -402,7 +519,7 @@ pub async fn list(
     );
     let entries = Arc::new(AtomicU64::new(0));
     let seen = entries.clone();
-    let r = run_for(1, secs, 5, 2000, move |_, _| {
+    let r = run_for(workers, secs, 5, 2000, move |_, _| {
         let (t, path, key, expect, seen) = (
             t2.clone(),
             path2.clone(),

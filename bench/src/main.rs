@@ -72,8 +72,8 @@ enum Cmd {
     },
     /// Print the table for a results file.
     Report { results: PathBuf },
-    /// One raw-API load against a running registry (for profiling): push-small, get-small,
-    /// big, pulls.
+    /// One raw-API load against a running registry (for profiling): push-small, push-mono,
+    /// get-small, get-large, big, pulls.
     Load {
         url: String,
         scenario: String,
@@ -211,7 +211,36 @@ impl Bench {
         }
         let t = Target::new(&server.url)?;
         let mut out = Out::start(label, &format!("{prefix}.raw.push_4KiB_x16"), pid);
-        load::push_small(&t, &mut out, "raw/small", 4096, 16, self.secs, self.salt).await?;
+        let how = load::Push::PostPut;
+        load::push_small(
+            &t,
+            &mut out,
+            "raw/small",
+            4096,
+            16,
+            self.secs,
+            self.salt,
+            how,
+        )
+        .await?;
+        out.finish();
+        let mut out = Out::start(
+            label,
+            &format!("{prefix}.raw.push_64KiB_x16_monolithic"),
+            pid,
+        );
+        let how = load::Push::Monolithic;
+        load::push_small(
+            &t,
+            &mut out,
+            "raw/mono",
+            64 << 10,
+            16,
+            self.secs,
+            self.salt,
+            how,
+        )
+        .await?;
         out.finish();
         let mut out = Out::start(label, &format!("{prefix}.raw.get_4KiB_x32"), pid);
         load::get_small(
@@ -228,6 +257,10 @@ impl Bench {
         out.finish();
         let mut out = Out::start(label, &format!("{prefix}.raw.big_blob"), pid);
         load::big(&t, &mut out, "raw/big", shape.big, self.salt).await?;
+        out.finish();
+        let mut out = Out::start(label, &format!("{prefix}.raw.get_large_x8"), pid);
+        let size = shape.big / 4;
+        load::get_large(&t, &mut out, "raw/large", size, 8, self.secs, self.salt).await?;
         out.finish();
         let mut out = Out::start(label, &format!("{prefix}.raw.pull_x32"), pid);
         load::pulls(&t, &mut out, "raw/pull", 4, shape.pull_layer, 32, self.secs).await?;
@@ -309,9 +342,15 @@ impl Bench {
                 ];
                 for (name, path, key, expect) in scenarios {
                     let mut out = Out::start(label, &format!("lists.{size}.{name}"), pid);
-                    load::list(&t, &mut out, &path, key, &expect, secs).await?;
+                    load::list(&t, &mut out, &path, key, &expect, 1, secs).await?;
                     out.finish();
                 }
+                // The whole tag list on 4 connections at once (busier than one client: on 2
+                // cores the requests queue behind each other).
+                let mut out = Out::start(label, &format!("lists.{size}.tags_list_all_x4"), pid);
+                let path = "/v2/lists/tags/tags/list";
+                load::list(&t, &mut out, path, "tags", &[size], 4, secs).await?;
+                out.finish();
                 server.stop();
             }
             self.fresh(&section)?;
@@ -711,7 +750,16 @@ async fn main() -> anyhow::Result<()> {
             let mut out = Out::start("registry", &scenario, pid);
             match scenario.as_str() {
                 "push-small" => {
-                    load::push_small(&t, &mut out, "load/small", 4096, 16, secs, salt).await?
+                    let how = load::Push::PostPut;
+                    load::push_small(&t, &mut out, "load/small", 4096, 16, secs, salt, how).await?
+                }
+                "push-mono" => {
+                    let how = load::Push::Monolithic;
+                    load::push_small(&t, &mut out, "load/mono", 64 << 10, 16, secs, salt, how)
+                        .await?
+                }
+                "get-large" => {
+                    load::get_large(&t, &mut out, "load/large", 256 << 20, 8, secs, salt).await?
                 }
                 "get-small" => {
                     load::get_small(&t, &mut out, "load/get", 4096, 512, 32, secs, salt).await?
@@ -719,7 +767,9 @@ async fn main() -> anyhow::Result<()> {
                 "big" => load::big(&t, &mut out, "load/big", 1 << 30, salt).await?,
                 "pulls" => load::pulls(&t, &mut out, "load/pull", 4, 16 << 20, 32, secs).await?,
                 other => {
-                    anyhow::bail!("unknown scenario {other:?}: push-small, get-small, big, pulls")
+                    anyhow::bail!(
+                        "unknown scenario {other:?}: push-small, push-mono, get-small, get-large, big, pulls"
+                    )
                 }
             }
             out.finish();
