@@ -195,27 +195,25 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        self.finish_upload(repo, id, digest, range, body, Save::Progress)
+        let _in_flight = InFlight::start();
+        let (mut writer, mut record) = self.open_upload(repo, id).await?;
+        self.append_locked(writer.as_mut(), &mut record, range, body, Save::Progress)
+            .await?;
+        self.commit_upload(repo, writer.as_mut(), &record, digest)
             .await
     }
 
-    async fn finish_upload<S, E>(
+    /// Checks the digest of what `record` holds and commits the blob: the object is put in
+    /// place under the blob row's lock, then the row, its link and the end of the upload
+    /// commit together. Returns the blob's size.
+    async fn commit_upload(
         &self,
         repo: &RepoName,
-        id: &UploadId,
+        writer: &mut dyn UploadWriter,
+        record: &UploadRecord,
         digest: &Digest,
-        range: Option<ContentRange>,
-        body: S,
-        save: Save,
-    ) -> Result<u64>
-    where
-        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
-        E: std::fmt::Display,
-    {
-        let _in_flight = InFlight::start();
-        let (mut writer, mut record) = self.open_upload(repo, id).await?;
-        self.append_locked(writer.as_mut(), &mut record, range, body, save)
-            .await?;
+    ) -> Result<u64> {
+        let id = &record.id;
         let hasher = Sha256Hasher::restore(&record.hash_state).ok_or_else(|| {
             Error::internal("upload", format!("corrupt hash state for upload {id}"))
         })?;
@@ -261,7 +259,10 @@ impl Registry {
         Ok(record.size)
     }
 
-    /// POST ?digest=: a whole blob in one request.
+    /// POST ?digest=: a whole blob in one request. It gets no upload row: no client can
+    /// address the session, nothing resumes it, and the only commits are the blob's own. Should
+    /// the request die half way, its data is upload data no row knows, which upload purging
+    /// removes (`purge_uploads`).
     #[tracing::instrument(skip_all, fields(repository = %repo))]
     pub async fn monolithic_upload<S, E>(
         &self,
@@ -273,29 +274,35 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let status = self.start_upload(repo).await?;
-        let result = self
-            .finish_upload(repo, &status.id, digest, None, body, Save::Nothing)
-            .await;
-        if result.is_err() {
-            self.discard_failed_upload(&status.id).await;
-        }
-        result
-    }
-
-    /// After a monolithic upload failed: its bytes go first (the failure may be a full disk,
-    /// and the space must come back even if the database cannot write now), then its row.
-    async fn discard_failed_upload(&self, id: &UploadId) {
-        let state = match self.meta.upload(id).await {
-            Ok(Some(u)) => u.driver_state,
-            _ => String::new(),
+        let _in_flight = InFlight::start();
+        let id = UploadId::generate();
+        let mut record = UploadRecord {
+            id: id.clone(),
+            repository: repo.to_string(),
+            size: 0,
+            hash_state: Sha256Hasher::new().save(),
+            driver_state: String::new(),
         };
-        if let Err(e) = self.storage.upload_abort(id, &state).await {
-            tracing::warn!(upload = %id, error = %e, "could not remove a failed upload's data; upload purging will");
+        let mut writer = self.storage.open_upload(&id).await?;
+        let mut result = self
+            .append_locked(writer.as_mut(), &mut record, None, body, Save::Nothing)
+            .await;
+        if result.is_ok() {
+            result = self
+                .commit_upload(repo, writer.as_mut(), &record, digest)
+                .await
+                .map(|_| ());
         }
-        if let Err(e) = self.meta.delete_upload(id).await {
-            tracing::warn!(upload = %id, error = %e, "could not remove a failed upload's row; upload purging will");
+        drop(writer);
+        if let Err(e) = result {
+            // Its bytes go at once (the failure may be a full disk, and the space must come
+            // back even if the database cannot write now).
+            if let Err(e) = self.storage.upload_abort(&id, &record.driver_state).await {
+                tracing::warn!(upload = %id, error = %e, "could not remove a failed upload's data; upload purging will");
+            }
+            return Err(e);
         }
+        Ok(record.size)
     }
 
     #[tracing::instrument(skip_all, fields(repository = %repo))]
@@ -368,6 +375,6 @@ enum Save {
     /// which must be resumable should the commit fail.
     Progress,
     /// A monolithic POST ?digest=: the bytes go straight on to the commit in this request,
-    /// and if that fails the whole upload is discarded; no one can resume it.
+    /// and if that fails the whole upload is discarded; no one can resume it (it has no row).
     Nothing,
 }
