@@ -75,15 +75,21 @@ impl Target {
     pub async fn push_blob(&self, repo: &str, data: Bytes) -> anyhow::Result<String> {
         let digest = digest_of(&data);
         let loc = self.start_upload(repo).await?;
+        self.put_blob(&loc, &digest, data).await?;
+        Ok(digest)
+    }
+
+    /// The closing PUT of an upload session at `loc`, carrying `data` (may be empty).
+    async fn put_blob(&self, loc: &str, digest: &str, data: Bytes) -> anyhow::Result<()> {
         let r = self
             .client
-            .put(Self::with_digest(&loc, &digest))
+            .put(Self::with_digest(loc, digest))
             .header("content-type", "application/octet-stream")
             .body(data)
             .send()
             .await?;
         ensure!(r.status() == 201, "PUT blob: {}", r.status());
-        Ok(digest)
+        Ok(())
     }
 
     /// A blob in one request, `POST ?digest=` with the body, where the registry takes that
@@ -100,15 +106,7 @@ impl Target {
         match r.status().as_u16() {
             201 => Ok(digest),
             202 => {
-                let loc = self.location(&r)?;
-                let r = self
-                    .client
-                    .put(Self::with_digest(&loc, &digest))
-                    .header("content-type", "application/octet-stream")
-                    .body(data)
-                    .send()
-                    .await?;
-                ensure!(r.status() == 201, "PUT blob: {}", r.status());
+                self.put_blob(&self.location(&r)?, &digest, data).await?;
                 Ok(digest)
             }
             s => bail!("POST ?digest=: {s}"),
@@ -139,12 +137,7 @@ impl Target {
             loc = self.location(&r)?;
             pos = end;
         }
-        let r = self
-            .client
-            .put(Self::with_digest(&loc, &digest))
-            .send()
-            .await?;
-        ensure!(r.status() == 201, "PUT blob: {}", r.status());
+        self.put_blob(&loc, &digest, Bytes::new()).await?;
         Ok(digest)
     }
 
@@ -161,12 +154,7 @@ impl Target {
             .await?;
         ensure!(r.status() == 202, "PATCH blob: {}", r.status());
         let loc = self.location(&r)?;
-        let r = self
-            .client
-            .put(Self::with_digest(&loc, &digest))
-            .send()
-            .await?;
-        ensure!(r.status() == 201, "PUT blob: {}", r.status());
+        self.put_blob(&loc, &digest, Bytes::new()).await?;
         Ok(digest)
     }
 
