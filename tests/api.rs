@@ -27,6 +27,7 @@ backend_tests!(
     blob_delete,
     bad_input_never_5xx,
     upload_resumes_after_restart,
+    unsynced_upload_bytes_are_checked_elsewhere,
     truncated_body_is_not_committed,
     deletes_can_be_disabled,
     concurrent_pushes_of_one_blob,
@@ -1020,6 +1021,125 @@ async fn bad_input_never_5xx(b: Backend) {
 
 /// On S3 (5 MiB parts in tests) the first chunk completes a part and leaves a segment before
 /// the restart; the second completes another part from that segment.
+/// A PATCH leaves its bytes to the page cache on the filesystem (S3 parts are durable at once)
+/// and records the last durable state, the checkpoint, beside the one clients resume from.
+/// Bytes past the checkpoint that another kernel wrote (another machine, or this one before a
+/// crash) are read back and checked first: intact, the upload goes on; damaged or lost, it
+/// resumes from the checkpoint, and the blob is never wrong.
+async fn unsynced_upload_bytes_are_checked_elsewhere(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let s = env.start().await;
+    let c = &s.client;
+    let data = images::noise(91, 300_000);
+    sqlx::any::install_default_drivers();
+    let db = sqlx::AnyPool::connect(&env.db.url).await.unwrap();
+    let state = |id: String| {
+        let db = db.clone();
+        async move {
+            let row: (i64, i64, String) =
+                sqlx::query_as("SELECT size, synced_size, unsynced_on FROM uploads WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
+            row
+        }
+    };
+    let elsewhere = |id: String| {
+        let db = db.clone();
+        async move {
+            sqlx::query("UPDATE uploads SET unsynced_on = 'another-kernel' WHERE id = $1")
+                .bind(id)
+                .execute(&db)
+                .await
+                .unwrap();
+        }
+    };
+    let patch = |loc: String, from: usize, to: usize| {
+        let c = c.clone();
+        let chunk = data[from..to].to_vec();
+        async move {
+            c.req(Method::PATCH, &loc)
+                .header("Content-Range", format!("{from}-{}", to - 1))
+                .body(chunk)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let id_of = |loc: &str| {
+        let path = loc.split('?').next().unwrap();
+        path.rsplit('/').next().unwrap().to_string()
+    };
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .to_string();
+    let durable = b == Backend::PostgresS3;
+
+    let loc = c.start_upload("ckpt").await;
+    let id = id_of(&loc);
+    let r = patch(loc, 0, 100_000).await;
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    if durable {
+        assert_eq!(state(id.clone()).await, (100_000, 100_000, String::new()));
+    } else {
+        assert_eq!(state(id.clone()).await, (100_000, 0, boot_id.clone()));
+    }
+
+    // Written "elsewhere" and intact: checked, synced, and the upload goes on.
+    elsewhere(id.clone()).await;
+    let r = patch(loc, 100_000, 200_000).await;
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    if durable {
+        // Nothing past the checkpoint: nothing to check.
+        assert_eq!(state(id.clone()).await.1, 200_000);
+    } else {
+        assert_eq!(state(id.clone()).await, (200_000, 100_000, boot_id.clone()));
+
+        // Written elsewhere and damaged (the page cache's copy never reached the disk): the
+        // upload goes back to its checkpoint, and says so.
+        let file = s.root.join(format!("wharf/uploads/{id}/data"));
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[150_000] ^= 0xff;
+        std::fs::write(&file, &bytes).unwrap();
+        elsewhere(id.clone()).await;
+        let r = patch(loc.clone(), 200_000, 300_000).await;
+        assert_eq!(r.status(), 416);
+        assert_eq!(r.headers()["range"], "0-99999");
+        assert_eq!(state(id.clone()).await, (100_000, 100_000, String::new()));
+        let r = c.get(&loc).await;
+        assert_eq!(r.headers()["range"], "0-99999");
+
+        // Cut short (a crash lost the tail): the same.
+        let r = patch(loc.clone(), 100_000, 200_000).await;
+        assert_eq!(r.status(), 202);
+        let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.set_len(150_000).unwrap();
+        elsewhere(id.clone()).await;
+        let r = patch(loc.clone(), 200_000, 300_000).await;
+        assert_eq!(r.status(), 416);
+        assert_eq!(r.headers()["range"], "0-99999");
+
+        let r = patch(loc.clone(), 100_000, 200_000).await;
+        assert_eq!(r.status(), 202);
+    }
+    let r = patch(loc, 200_000, 300_000).await;
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let d = sha256(&data);
+    let r = c
+        .req(Method::PUT, &with_query(&loc, &format!("digest={d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(c.blob_bytes("ckpt", &d).await.unwrap(), data);
+    db.close().await;
+}
+
 async fn upload_resumes_after_restart(b: Backend) {
     let env = TestEnv::new(b).await;
     let data = images::noise(90, 12_000_000);

@@ -22,6 +22,7 @@ backend_tests!(
     fsck_orphan_deletion_against_an_upload,
     pushing_again_restores_a_lost_object,
     fsck_repair_makes_clients_push_a_lost_blob_again,
+    staged_object_deleted_by_gc_is_placed_again,
 );
 
 /// PostgreSQL tests optionally run at another default isolation level (the protocol sets
@@ -391,6 +392,55 @@ async fn gc_phase2_lock_lost_against_reupload(b: Backend) {
     pause.release();
     let result = gc.await.unwrap();
     assert!(result.is_err(), "GC went on without its locks: {result:?}");
+    assert_blob_served(&s, &repo, &data).await;
+    assert_fsck_clean(&s).await;
+}
+
+/// On the filesystem an upload's object is staged (linked into place) before its row is
+/// locked. A GC deleting the blob's old `deleting` row deletes that object meanwhile; the
+/// upload then gets a fresh row and must see, under its lock, that the object is gone and place
+/// it again rather than trust what it staged.
+async fn staged_object_deleted_by_gc_is_placed_again(b: Backend) {
+    let env = TestEnv::new(b).await;
+    let s = env.start().await;
+    let repo = format!("race/staged-{}", uuid::Uuid::new_v4().simple());
+    let data = images::noise(50, 9000);
+    let digest = sha256(&data);
+    s.client.push_blob(&repo, &data).await;
+    assert_eq!(
+        s.client
+            .delete(&format!("/v2/{repo}/blobs/{digest}"))
+            .await
+            .status(),
+        202
+    );
+    let policy = policy_now().await;
+
+    // GC marks the blob and pauses in phase 2, holding its row, before deleting the object.
+    let mut gc_pause = wharf::failpoint::arm("gc.deleting_object", &digest);
+    let gc = gc(&s, policy);
+    gc_pause.reached().await;
+    // The push stages (the object is still there) and pauses before locking the row.
+    let mut staged = wharf::failpoint::arm("upload.staged", &digest);
+    let upload = {
+        let (c, repo, data) = (s.client.clone(), repo.clone(), data.clone());
+        tokio::spawn(async move { c.push_blob(&repo, &data).await })
+    };
+    if env.backend == Backend::PostgresS3 {
+        // S3 cannot stage: the object is placed under the row lock only.
+        drop(staged);
+        gc_pause.release();
+        gc.await.unwrap();
+        upload.await.unwrap();
+    } else {
+        staged.reached().await;
+        gc_pause.release();
+        let report = gc.await.unwrap();
+        assert_eq!(report.blobs_deleted, 1, "{report:?}");
+        assert!(!s.blob_exists(&digest).await);
+        staged.release();
+        upload.await.unwrap();
+    }
     assert_blob_served(&s, &repo, &data).await;
     assert_fsck_clean(&s).await;
 }

@@ -310,6 +310,40 @@ async fn concurrent_commits_of_one_digest(kind: Driver) {
     assert!(read(s, &d, 0, content.len() as u64).await == content);
 }
 
+/// Staging puts the object in place ahead of the commit where the driver can (the
+/// filesystem must), keeps the upload's data, and leaves an object already there alone; after
+/// the staged object was deleted (by GC), `commit` still places it.
+async fn staged_object_can_be_placed_again(kind: Driver) {
+    let store = Store::new(kind).await;
+    let s = store.driver.as_ref();
+    let content = data(9, (1 << 20) + 5);
+    let d = Digest::of(&content);
+    let id = UploadId::generate();
+    let mut at = Progress::default();
+    append(s, &id, &mut at, &content).await.unwrap();
+    let stage = |at: Progress| {
+        let (id, d) = (id.clone(), d.clone());
+        async move {
+            let mut w = s.open_upload(&id).await.unwrap();
+            w.stage(&at.state, at.size, &d).await.unwrap()
+        }
+    };
+    let staged = stage(at.clone()).await;
+    assert_eq!(staged, matches!(kind, Driver::Filesystem));
+    if staged {
+        assert!(read(s, &d, 0, content.len() as u64).await == content);
+        // Again: the object already there stays.
+        assert!(stage(at.clone()).await);
+        assert!(read(s, &d, 0, content.len() as u64).await == content);
+        s.blob_delete(&d).await.unwrap();
+        assert!(s.stored_uploads().await.unwrap().iter().any(|u| u.id == id));
+    }
+    assert_eq!(s.blob_stat(&d).await.unwrap(), None);
+    commit(s, &id, &at, &d).await;
+    assert!(read(s, &d, 0, content.len() as u64).await == content);
+    assert!(!s.stored_uploads().await.unwrap().iter().any(|u| u.id == id));
+}
+
 async fn listing_and_purging(kind: Driver) {
     let store = Store::new(kind).await;
     let s = store.driver.as_ref();
@@ -460,6 +494,7 @@ driver_tests!(
     failed_body_leaves_upload_resumable,
     offset_beyond_data_is_refused,
     concurrent_commits_of_one_digest,
+    staged_object_can_be_placed_again,
     listing_and_purging,
     tree_listing_and_reading,
 );

@@ -324,13 +324,17 @@ impl BlobCommit {
     }
 
     /// Links the blob into `repo`, closes the upload session and commits.
+    /// Links the blob into `repo`, ends the upload (`None`: one without a row, a monolithic
+    /// POST) and commits.
     pub async fn finish(
         mut self,
         repo: &RepoName,
         digest: &Digest,
-        upload: &UploadId,
+        upload: Option<&UploadId>,
     ) -> MetaResult<()> {
-        self.tx.delete_upload(upload).await?;
+        if let Some(upload) = upload {
+            self.tx.delete_upload(upload).await?;
+        }
         self.link_and_commit(repo, digest).await
     }
 

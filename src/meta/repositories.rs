@@ -94,6 +94,10 @@ impl WriteTx {
 
     /// The repository's id, creating the repository (and its namespaces) if needed.
     pub(super) async fn ensure_repository(&mut self, repo: &RepoName) -> MetaResult<i64> {
+        // Nearly always there already: one statement then.
+        if let Some(id) = self.repository_id(repo).await? {
+            return Ok(id);
+        }
         let created = sqlx::query(
             "INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
         )

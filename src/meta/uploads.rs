@@ -1,5 +1,6 @@
 //! Upload sessions (`uploads`): size, running hash state and driver state after every
-//! request, so that any replica can take the next one.
+//! request, so that any replica can take the next one; and the last of those states known
+//! durable (the checkpoint, migration V10).
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -15,6 +16,11 @@ pub struct UploadRecord {
     pub size: u64,
     pub hash_state: Vec<u8>,
     pub driver_state: String,
+    /// The checkpoint: how much of the upload is known durable, and the hash state there.
+    pub synced_size: u64,
+    pub synced_hash_state: Vec<u8>,
+    /// Boot id of the kernel holding the bytes past the checkpoint ('' when there are none).
+    pub unsynced_on: String,
 }
 
 impl FromRow for UploadRecord {
@@ -28,12 +34,18 @@ impl FromRow for UploadRecord {
             size: u64_col(r, "size")?,
             hash_state: r.try_get("hash_state")?,
             driver_state: r.try_get("driver_state")?,
+            synced_size: u64_col(r, "synced_size")?,
+            synced_hash_state: r
+                .try_get::<Option<Vec<u8>>, _>("synced_hash_state")?
+                .unwrap_or_default(),
+            unsynced_on: r.try_get("unsynced_on")?,
         })
     }
 }
 
 const SELECT_UPLOAD: &str =
-    "SELECT u.id, r.name AS repository, u.size, u.hash_state, u.driver_state
+    "SELECT u.id, r.name AS repository, u.size, u.hash_state, u.driver_state,
+            u.synced_size, u.synced_hash_state, u.unsynced_on
      FROM uploads u JOIN repositories r ON r.id = u.repository_id";
 
 impl MetaStore {
@@ -77,8 +89,9 @@ impl MetaStore {
         let mut tx = self.begin_write().await?;
         let repo_id = tx.ensure_repository(repo).await?;
         sqlx::query(
-            "INSERT INTO uploads (id, repository_id, size, hash_state, driver_state, created_at, updated_at)
-             VALUES ($1, $2, 0, $3, $4, $5, $5)",
+            "INSERT INTO uploads (id, repository_id, size, hash_state, driver_state, created_at, updated_at,
+                                  synced_size, synced_hash_state, unsynced_on)
+             VALUES ($1, $2, 0, $3, $4, $5, $5, 0, $3, '')",
         )
         .bind(id.as_str())
         .bind(repo_id)
@@ -90,44 +103,41 @@ impl MetaStore {
         tx.commit().await
     }
 
-    /// Records an upload's progress if it is still at `expected_size` (another request may have
-    /// moved it on). Returns false if it was not.
+    /// Records an upload's progress (size, states and checkpoint as `to` holds them) if it is
+    /// still at `expected_size` (another request may have moved it on). Returns false if it
+    /// was not.
     pub async fn save_upload_progress(
         &self,
-        id: &UploadId,
         expected_size: u64,
-        size: u64,
-        hash_state: &[u8],
-        driver_state: &str,
+        to: &UploadRecord,
     ) -> MetaResult<bool> {
         retrying!(
             "save_upload_progress",
-            self.save_upload_progress_once(id, expected_size, size, hash_state, driver_state)
+            self.save_upload_progress_once(expected_size, to)
         )
     }
 
     async fn save_upload_progress_once(
         &self,
-        id: &UploadId,
         expected_size: u64,
-        size: u64,
-        hash_state: &[u8],
-        driver_state: &str,
+        to: &UploadRecord,
     ) -> MetaResult<bool> {
-        let mut tx = self.begin_write().await?;
-        let done = sqlx::query(
-            "UPDATE uploads SET size = $3, hash_state = $4, driver_state = $5, updated_at = $6
+        // One statement, so no transaction around it: a PATCH's only write.
+        let statement = sqlx::query(
+            "UPDATE uploads SET size = $3, hash_state = $4, driver_state = $5, updated_at = $6,
+                    synced_size = $7, synced_hash_state = $8, unsynced_on = $9
              WHERE id = $1 AND size = $2",
         )
-        .bind(id.as_str())
+        .bind(to.id.as_str())
         .bind(expected_size as i64)
-        .bind(size as i64)
-        .bind(hash_state)
-        .bind(driver_state)
+        .bind(to.size as i64)
+        .bind(to.hash_state.as_slice())
+        .bind(to.driver_state.as_str())
         .bind(now_ms())
-        .execute(tx.conn())
-        .await?;
-        tx.commit().await?;
+        .bind(to.synced_size as i64)
+        .bind(to.synced_hash_state.as_slice())
+        .bind(to.unsynced_on.as_str());
+        let done = self.write_alone(statement).await?;
         Ok(done.rows_affected() == 1)
     }
 

@@ -4,17 +4,45 @@
 //! after every request, so any replica can take the next request. A request holds the storage's
 //! upload lock while it writes, re-reads the state under the lock, and saves the new state only
 //! if nobody moved the upload on meanwhile.
+//!
+//! Where the driver's appends are not durable by themselves (the filesystem), a PATCH does not
+//! wait for its bytes to reach the disk: the saved state may run up to [`SYNC_EVERY`] bytes
+//! ahead of the checkpoint, the last state known durable. The bytes past the checkpoint are
+//! in the page cache of the kernel that wrote them (its boot id is saved with them). A request
+//! on that kernel trusts them, as any process there reads the same cache; a request anywhere
+//! else (another machine, or the same one after a crash or reboot) first reads them back and
+//! checks them against the saved hash state, and falls back to the checkpoint when they do
+//! not match. The final PUT makes everything durable before the blob commits. So a crash can
+//! cost a client a resume from an earlier offset, never a wrong blob.
 
-use std::io;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
+use super::hashing::Hashing;
 use super::{Registry, io_stream};
 use crate::error::{Error, Result};
 use crate::meta::UploadRecord;
 use crate::oci::{Digest, RepoName, Sha256Hasher, UploadId};
 use crate::storage::UploadWriter;
+
+/// How many bytes past its checkpoint an upload may hold before a PATCH syncs them. Bounds
+/// what a crash can make a client send again and what checking unsynced bytes reads back.
+pub const SYNC_EVERY: u64 = 64 << 20;
+
+/// This kernel's boot id: bytes past a checkpoint that another boot id wrote may be gone.
+/// Where there is none to read (not Linux), every process counts as its own kernel.
+pub fn boot_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_owned())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| format!("process-{}", UploadId::generate()))
+    })
+}
 
 /// An upload's position, for the `Range` and `Location` headers.
 #[derive(Debug, Clone)]
@@ -90,6 +118,7 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        self.check_unsynced(writer, record).await?;
         if let Some(r) = range {
             if r.start != record.size {
                 return Err(Error::RangeInvalid {
@@ -101,21 +130,22 @@ impl Registry {
                 });
             }
         }
-        let mut hasher = Sha256Hasher::restore(&record.hash_state).ok_or_else(|| {
+        let hasher = Sha256Hasher::restore(&record.hash_state).ok_or_else(|| {
             Error::internal(
                 "upload",
                 format!("corrupt hash state for upload {}", record.id),
             )
         })?;
-        let mut hashed = io_stream(body).map(|r: io::Result<Bytes>| {
-            if let Ok(b) = &r {
-                hasher.update(b);
-            }
-            r
-        });
+        let hashing = Hashing::new(hasher);
+        let mut hashed = hashing.tap(io_stream(body));
         let appended = writer
             .append(&record.driver_state, record.size, &mut hashed)
             .await?;
+        drop(hashed);
+        let hasher = hashing
+            .finish()
+            .await
+            .map_err(|e| Error::internal("upload", format!("hashing upload {}: {e}", record.id)))?;
         if let Some(r) = range {
             if appended.written != r.len() {
                 return Err(Error::RangeInvalid {
@@ -131,29 +161,108 @@ impl Registry {
         if appended.written == 0 {
             return Ok(());
         }
-        let new_size = record.size + appended.written;
-        let hash_state = hasher.save();
-        if save == Save::Progress
-            && !self
-                .meta
-                .save_upload_progress(
-                    &record.id,
-                    record.size,
-                    new_size,
-                    &hash_state,
-                    &appended.state,
-                )
-                .await?
-        {
-            // Cannot happen while the storage lock serialises writers; refuse rather than guess.
-            return Err(Error::BlobUploadInvalid(format!(
-                "upload {} was changed by a concurrent request; check its status and resume",
-                record.id
-            )));
+        let mut next = record.clone();
+        next.size = record.size + appended.written;
+        next.hash_state = hasher.save();
+        next.driver_state = appended.state;
+        if appended.durable {
+            next.checkpoint_at_end();
+        } else if save == Save::Progress && next.size - next.synced_size >= SYNC_EVERY {
+            self.sync_or_roll_back(writer, record).await?;
+            next.checkpoint_at_end();
+        } else {
+            next.unsynced_on = boot_id().to_owned();
         }
-        record.size = new_size;
-        record.hash_state = hash_state;
-        record.driver_state = appended.state;
+        if save == Save::Progress {
+            self.save_progress(record.size, &next).await?;
+        }
+        *record = next;
+        Ok(())
+    }
+
+    /// Saves `next` as the upload's state if the upload is still at `expected_size`.
+    async fn save_progress(&self, expected_size: u64, next: &UploadRecord) -> Result<()> {
+        if self.meta.save_upload_progress(expected_size, next).await? {
+            return Ok(());
+        }
+        // Cannot happen while the storage lock serialises writers; refuse rather than guess.
+        Err(Error::BlobUploadInvalid(format!(
+            "upload {} was changed by a concurrent request; check its status and resume",
+            next.id
+        )))
+    }
+
+    /// Makes the upload's bytes durable. Should that fail, the bytes past the checkpoint are
+    /// not to be trusted (a failed writeback is reported once, and the page cache may keep
+    /// serving bytes the disk never got), so the upload goes back to its checkpoint.
+    async fn sync_or_roll_back(
+        &self,
+        writer: &mut dyn UploadWriter,
+        record: &mut UploadRecord,
+    ) -> Result<()> {
+        let Err(e) = writer.sync().await else {
+            return Ok(());
+        };
+        let back = record.rolled_back()?;
+        self.save_progress(record.size, &back).await?;
+        tracing::error!(upload = %record.id, error = %e, size = back.size, "could not make an upload's data durable; it was rolled back to its checkpoint");
+        *record = back;
+        Err(e.into())
+    }
+
+    /// Bytes past the checkpoint that another kernel wrote are trusted only once they are read
+    /// back and match the saved hash state (then they are synced here and become the
+    /// checkpoint); otherwise the upload goes back to its checkpoint.
+    async fn check_unsynced(
+        &self,
+        writer: &mut dyn UploadWriter,
+        record: &mut UploadRecord,
+    ) -> Result<()> {
+        if record.size == record.synced_size || record.unsynced_on == boot_id() {
+            return Ok(());
+        }
+        let mut hasher = record.checkpoint_hasher()?;
+        let len = record.size - record.synced_size;
+        let intact = match writer
+            .read_back(&record.driver_state, record.synced_size, len)
+            .await
+        {
+            Ok(mut bytes) => {
+                let mut read = 0u64;
+                let mut failed = false;
+                while let Some(piece) = bytes.next().await {
+                    match piece {
+                        Ok(b) => {
+                            read += b.len() as u64;
+                            hasher.update(&b);
+                        }
+                        Err(_) => {
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+                !failed && read == len && hasher.save() == record.hash_state
+            }
+            Err(_) => false,
+        };
+        let next = if intact && writer.sync().await.is_ok() {
+            let mut n = record.clone();
+            n.checkpoint_at_end();
+            n
+        } else {
+            let back = record.rolled_back()?;
+            tracing::warn!(
+                upload = %record.id,
+                written_on = %record.unsynced_on,
+                size = record.size,
+                checkpoint = back.size,
+                "bytes past an upload's checkpoint, written before a crash or on another machine, did not survive; the upload resumes from its checkpoint"
+            );
+            back
+        };
+        self.save_progress(record.size, &next).await?;
+        *record = next;
         Ok(())
     }
 
@@ -199,19 +308,26 @@ impl Registry {
         let (mut writer, mut record) = self.open_upload(repo, id).await?;
         self.append_locked(writer.as_mut(), &mut record, range, body, Save::Progress)
             .await?;
-        self.commit_upload(repo, writer.as_mut(), &record, digest)
+        if record.size > record.synced_size {
+            // Synced here, where a failure can roll the upload back; the commit's own sync
+            // then finds nothing left to write.
+            self.sync_or_roll_back(writer.as_mut(), &mut record).await?;
+        }
+        self.commit_upload(repo, writer.as_mut(), &record, digest, true)
             .await
     }
 
     /// Checks the digest of what `record` holds and commits the blob: the object is put in
-    /// place under the blob row's lock, then the row, its link and the end of the upload
-    /// commit together. Returns the blob's size.
+    /// place (staged before the blob row's lock where the driver can, checked or placed under
+    /// it), then the row, its link and the end of the upload (its row, if `rowed`) commit
+    /// together. Returns the blob's size.
     async fn commit_upload(
         &self,
         repo: &RepoName,
         writer: &mut dyn UploadWriter,
         record: &UploadRecord,
         digest: &Digest,
+        rowed: bool,
     ) -> Result<u64> {
         let id = &record.id;
         let hasher = Sha256Hasher::restore(&record.hash_state).ok_or_else(|| {
@@ -220,7 +336,9 @@ impl Registry {
         let actual = hasher.digest();
         if actual != *digest {
             // Nothing of a mismatched upload is kept.
-            self.meta.delete_upload(id).await?;
+            if rowed {
+                self.meta.delete_upload(id).await?;
+            }
             self.storage.upload_abort(id, &record.driver_state).await?;
             return Err(Error::DigestInvalid(format!(
                 "the uploaded content ({} bytes) has digest {actual}, not {digest}; the upload was discarded",
@@ -228,20 +346,32 @@ impl Registry {
             )));
         }
 
+        // The object goes in place before the row is locked where the driver can keep the
+        // upload's data meanwhile (the filesystem links it): the slow part of placing it (the
+        // directory sync) then holds no lock, which on SQLite is the one writer's.
+        let staged = writer
+            .stage(&record.driver_state, record.size, digest)
+            .await?;
+        if staged {
+            crate::failpoint::hit("upload.staged", digest.as_str()).await;
+        }
         let commit = self.meta.begin_blob_commit(digest, record.size).await?;
         let mut needs_object = commit.needs_object();
-        if !needs_object {
-            // The row says the object is stored; check under the row lock rather than trust
-            // it, so that pushing a blob again repairs a lost or damaged object.
+        if staged || !needs_object {
+            // Checked under the row lock rather than trusted: a staged object may have been
+            // deleted by a GC that held the row until now, and pushing a blob again repairs a
+            // lost or damaged object the row says is stored.
             let found = self.storage.blob_stat(digest).await?;
-            if found != Some(record.size) {
+            needs_object = found != Some(record.size);
+            if needs_object && !commit.needs_object() {
                 tracing::error!(
                     %digest,
                     ?found,
                     expected = record.size,
                     "a stored blob's object was missing or damaged; restoring it from this upload"
                 );
-                needs_object = true;
+            } else if needs_object {
+                tracing::info!(%digest, "a staged object was removed by a concurrent GC; placing it again");
             }
         }
         if needs_object {
@@ -249,9 +379,10 @@ impl Registry {
                 .commit(&record.driver_state, record.size, digest)
                 .await?;
         }
-        commit.finish(repo, digest, id).await?;
+        commit.finish(repo, digest, rowed.then_some(id)).await?;
         if !needs_object {
-            // The registry already stored these bytes.
+            // The object is in place (stored before, or staged by this request); the
+            // upload's own copy of the bytes goes.
             if let Err(e) = self.storage.upload_abort(id, &record.driver_state).await {
                 tracing::warn!(upload = %id, error = %e, "could not remove the data of a deduplicated upload");
             }
@@ -282,6 +413,9 @@ impl Registry {
             size: 0,
             hash_state: Sha256Hasher::new().save(),
             driver_state: String::new(),
+            synced_size: 0,
+            synced_hash_state: Sha256Hasher::new().save(),
+            unsynced_on: String::new(),
         };
         let mut writer = self.storage.open_upload(&id).await?;
         let mut result = self
@@ -289,7 +423,7 @@ impl Registry {
             .await;
         if result.is_ok() {
             result = self
-                .commit_upload(repo, writer.as_mut(), &record, digest)
+                .commit_upload(repo, writer.as_mut(), &record, digest, false)
                 .await
                 .map(|_| ());
         }
@@ -349,6 +483,38 @@ impl Registry {
             }
         }
         Ok(purged + stale.len())
+    }
+}
+
+impl UploadRecord {
+    /// Everything the upload holds is durable: the checkpoint moves to its end.
+    fn checkpoint_at_end(&mut self) {
+        self.synced_size = self.size;
+        self.synced_hash_state = self.hash_state.clone();
+        self.unsynced_on.clear();
+    }
+
+    /// The hash state at the checkpoint.
+    fn checkpoint_hasher(&self) -> Result<Sha256Hasher> {
+        if self.synced_size == 0 && self.synced_hash_state.is_empty() {
+            return Ok(Sha256Hasher::new());
+        }
+        Sha256Hasher::restore(&self.synced_hash_state).ok_or_else(|| {
+            Error::internal(
+                "upload",
+                format!("corrupt checkpoint hash state for upload {}", self.id),
+            )
+        })
+    }
+
+    /// The upload as it was at its checkpoint.
+    fn rolled_back(&self) -> Result<UploadRecord> {
+        let mut back = self.clone();
+        back.size = self.synced_size;
+        back.hash_state = self.checkpoint_hasher()?.save();
+        back.synced_hash_state = back.hash_state.clone();
+        back.unsynced_on.clear();
+        Ok(back)
     }
 }
 

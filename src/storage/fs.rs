@@ -1,8 +1,9 @@
 //! The filesystem driver.
 //!
 //! An upload is one file, `wharf/uploads/<id>/data`, written at the offset the database
-//! records, fdatasync'ed before the offset is saved, and renamed into the blob path when the
-//! upload completes (then the directory is fsync'ed). An exclusive `flock` on the upload file
+//! records, fdatasync'ed when the caller asks (at checkpoints, and before the blob commits:
+//! appends are not durable by themselves), and linked (staged) or renamed into the blob path
+//! when the upload completes (then the directory is fsync'ed). An exclusive `flock` on the upload file
 //! serialises requests for the same upload, across processes too; bytes past the recorded
 //! offset (a request that failed half way) are cut off before the next append.
 
@@ -29,8 +30,8 @@ const WRITE_PIECE: usize = 1 << 20;
 /// Blobs are read in pieces of this size.
 const READ_PIECE: u64 = 256 << 10;
 
-/// Starts writing a range of dirty pages to disk without waiting for it, so that the
-/// fdatasync that ends an append finds little left to write: a large push then streams to
+/// Starts writing a range of dirty pages to disk without waiting for it, so that the next
+/// fdatasync (a checkpoint, or the commit) finds little left to write: a large push then streams to
 /// disk as it arrives instead of writing everything at the end. Only a hint: durability still
 /// comes from fdatasync.
 #[cfg(target_os = "linux")]
@@ -95,6 +96,8 @@ struct FsUpload<'a> {
     driver: &'a FsDriver,
     id: UploadId,
     file: Arc<File>,
+    /// The file's length when the lock was taken (no one else writes it while we hold it).
+    opened_len: u64,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -165,13 +168,15 @@ impl BlobStore for FsDriver {
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
                 return Err(io::Error::last_os_error());
             }
-            Ok(file)
+            let len = file.metadata()?.len();
+            Ok((file, len))
         })
         .await?;
         Ok(Box::new(FsUpload {
             driver: self,
             id: id.clone(),
-            file: Arc::new(file),
+            file: Arc::new(file.0),
+            opened_len: file.1,
         }))
     }
 
@@ -208,34 +213,7 @@ impl BlobStore for FsDriver {
                 async move { Ok(piece) },
             )));
         }
-        // Larger ones are read a piece ahead: the next read runs while this piece is sent.
-        let file = Arc::new(file);
-        let end = start + len;
-        let read = move |pos: u64| {
-            let file = file.clone();
-            let want = (end - pos).min(READ_PIECE) as usize;
-            (
-                pos + want as u64,
-                spawn_blocking(move || read_piece(&file, pos, want)),
-            )
-        };
-        let (next, pending) = read(start);
-        let stream =
-            futures_util::stream::try_unfold((next, Some(pending)), move |(next, pending)| {
-                let read = read.clone();
-                async move {
-                    let Some(pending) = pending else {
-                        return Ok(None);
-                    };
-                    let piece = pending.await.map_err(io::Error::other)??;
-                    let ahead = (next < end).then(|| read(next));
-                    Ok(Some(match ahead {
-                        Some((after, handle)) => (piece, (after, Some(handle))),
-                        None => (piece, (next, None)),
-                    }))
-                }
-            });
-        Ok(Box::pin(stream))
+        Ok(read_stream(Arc::new(file), start, len))
     }
 
     async fn blob_stat(&self, digest: &Digest) -> StorageResult<Option<u64>> {
@@ -396,17 +374,24 @@ impl UploadWriter for FsUpload<'_> {
         body: &mut BodyStream<'_>,
     ) -> StorageResult<Appended> {
         let result = self.append_at(offset, body).await;
-        if result.is_err() {
-            // Give the space of a failed request back (a full disk must not stay full of it);
-            // the upload stays resumable at its recorded size.
-            let file = self.file.clone();
-            let _ = blocking(move || {
-                if file.metadata()?.len() > offset {
-                    file.set_len(offset)?;
-                }
-                Ok(())
-            })
-            .await;
+        match &result {
+            Ok(a) => self.opened_len = offset + a.written,
+            Err(_) => {
+                // Give the space of a failed request back (a full disk must not stay full of
+                // it); the upload stays resumable at its recorded size.
+                let file = self.file.clone();
+                // Unknown if that failed too: the next append then cuts the file first.
+                self.opened_len = blocking(move || {
+                    let len = file.metadata()?.len();
+                    if len > offset {
+                        file.set_len(offset)?;
+                        return Ok(offset);
+                    }
+                    Ok(len)
+                })
+                .await
+                .unwrap_or(u64::MAX);
+            }
         }
         result
     }
@@ -414,21 +399,30 @@ impl UploadWriter for FsUpload<'_> {
     async fn commit(&mut self, _state: &str, size: u64, digest: &Digest) -> StorageResult<()> {
         self.commit_at(size, digest).await
     }
+
+    async fn stage(&mut self, _state: &str, size: u64, digest: &Digest) -> StorageResult<bool> {
+        self.stage_at(size, digest).await
+    }
+
+    async fn sync(&mut self) -> StorageResult<()> {
+        let file = self.file.clone();
+        blocking(move || file.sync_data()).await?;
+        Ok(())
+    }
+
+    async fn read_back(&mut self, _state: &str, start: u64, len: u64) -> StorageResult<ByteStream> {
+        Ok(read_stream(self.file.clone(), start, len))
+    }
 }
 
 impl FsUpload<'_> {
     async fn append_at(&self, offset: u64, body: &mut BodyStream<'_>) -> StorageResult<Appended> {
         let upload = self;
-        let file = upload.file.clone();
-
-        let found = blocking(move || {
-            let len = file.metadata()?.len();
-            if len > offset {
-                file.set_len(offset)?;
-            }
-            Ok(len)
-        })
-        .await?;
+        let found = self.opened_len;
+        if found > offset {
+            let file = upload.file.clone();
+            blocking(move || file.set_len(offset)).await?;
+        }
         if found < offset {
             return Err(StorageError::UploadDataLost {
                 expected: offset,
@@ -475,12 +469,39 @@ impl FsUpload<'_> {
         if let Some(w) = in_flight.take() {
             w.await.map_err(io::Error::other)??;
         }
-        let file = upload.file.clone();
-        blocking(move || file.sync_data()).await?;
         Ok(Appended {
             state: String::new(),
             written: pos - offset,
+            durable: false,
         })
+    }
+
+    /// A second name for the upload's data file at the blob path (a hard link), so that the
+    /// data file stays for `commit_at` should the caller need it. Filesystems without hard
+    /// links (or a store split over two) decline.
+    async fn stage_at(&self, size: u64, digest: &Digest) -> StorageResult<bool> {
+        let src = self.driver.upload_dir(&self.id).join("data");
+        let dst = self.driver.blob_path(digest);
+        let file = self.file.clone();
+        let staged = blocking(move || {
+            trim_and_sync(&file, size)?;
+            let dst_dir = dst.parent().expect("blob path has a parent");
+            std::fs::create_dir_all(dst_dir)?;
+            match std::fs::hard_link(&src, &dst) {
+                // An object already there may have been linked by a request that has not
+                // synced the directory yet: sync it either way before anyone relies on it.
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot hard-link upload data into place; placing it at commit");
+                    return Ok(false);
+                }
+            }
+            sync_dir(dst_dir)?;
+            Ok(true)
+        })
+        .await?;
+        Ok(staged)
     }
 
     async fn commit_at(&self, size: u64, digest: &Digest) -> StorageResult<()> {
@@ -488,18 +509,7 @@ impl FsUpload<'_> {
         let dst = self.driver.blob_path(digest);
         let file = self.file.clone();
         blocking(move || {
-            // The recorded size is the truth; anything past it is from a failed request.
-            let len = file.metadata()?.len();
-            if len < size {
-                return Err(io::Error::new(
-                    ErrorKind::UnexpectedEof,
-                    format!("upload holds {len} bytes, {size} recorded"),
-                ));
-            }
-            if len > size {
-                file.set_len(size)?;
-                file.sync_data()?;
-            }
+            trim_and_sync(&file, size)?;
             let dst_dir = dst.parent().expect("blob path has a parent");
             std::fs::create_dir_all(dst_dir)?;
             std::fs::rename(src_dir.join("data"), &dst)?;
@@ -510,6 +520,53 @@ impl FsUpload<'_> {
         .await?;
         Ok(())
     }
+}
+
+/// Cuts the upload's data to its recorded `size` (the recorded size is the truth; anything
+/// past it is from a failed request) and makes it durable.
+fn trim_and_sync(file: &File, size: u64) -> io::Result<()> {
+    let len = file.metadata()?.len();
+    if len < size {
+        return Err(io::Error::new(
+            ErrorKind::UnexpectedEof,
+            format!("upload holds {len} bytes, {size} recorded"),
+        ));
+    }
+    if len > size {
+        file.set_len(size)?;
+    }
+    file.sync_data()
+}
+
+/// `len` bytes of `file` from `start`, read a piece ahead: the next read runs while this piece
+/// is sent.
+fn read_stream(file: Arc<File>, start: u64, len: u64) -> ByteStream {
+    let end = start + len;
+
+    let read = move |pos: u64| {
+        let file = file.clone();
+        let want = (end - pos).min(READ_PIECE) as usize;
+        (
+            pos + want as u64,
+            spawn_blocking(move || read_piece(&file, pos, want)),
+        )
+    };
+    let (next, pending) = read(start);
+    let stream = futures_util::stream::try_unfold((next, Some(pending)), move |(next, pending)| {
+        let read = read.clone();
+        async move {
+            let Some(pending) = pending else {
+                return Ok(None);
+            };
+            let piece = pending.await.map_err(io::Error::other)??;
+            let ahead = (next < end).then(|| read(next));
+            Ok(Some(match ahead {
+                Some((after, handle)) => (piece, (after, Some(handle))),
+                None => (piece, (next, None)),
+            }))
+        }
+    });
+    Box::pin(stream)
 }
 
 fn not_found(e: io::Error) -> StorageError {

@@ -129,4 +129,16 @@ impl UploadWriter for MeasuredUpload<'_> {
             self.inner.commit(state, size, digest)
         )
     }
+
+    async fn stage(&mut self, state: &str, size: u64, digest: &Digest) -> StorageResult<bool> {
+        measured!(self, "upload_stage", self.inner.stage(state, size, digest))
+    }
+
+    async fn sync(&mut self) -> StorageResult<()> {
+        measured!(self, "upload_sync", self.inner.sync())
+    }
+
+    async fn read_back(&mut self, state: &str, start: u64, len: u64) -> StorageResult<ByteStream> {
+        self.inner.read_back(state, start, len).await
+    }
 }

@@ -38,6 +38,10 @@ pub struct Appended {
     /// Driver state to save with the upload (opaque to callers).
     pub state: String,
     pub written: u64,
+    /// The bytes are durable already (S3: every part is). Otherwise
+    /// [`UploadWriter::sync`] makes them so, and the driver keeps no state of its own (an
+    /// upload going back to its checkpoint keeps the state it has).
+    pub durable: bool,
 }
 
 /// A blob object found in storage.
@@ -110,8 +114,8 @@ pub trait BlobStore: Send + Sync {
 #[async_trait(?Send)]
 pub trait UploadWriter: Send {
     /// Appends `body` to the upload, which holds `offset` bytes as `state` describes. Returns
-    /// once the bytes are durable. On error nothing is recorded as written: the next append
-    /// starts again at `offset`.
+    /// once the bytes are written; durable only if [`Appended::durable`] says so. On error
+    /// nothing is recorded as written: the next append starts again at `offset`.
     async fn append(
         &mut self,
         state: &str,
@@ -121,6 +125,35 @@ pub trait UploadWriter: Send {
 
     /// Makes the upload's first `size` bytes the object for `digest`, durably.
     async fn commit(&mut self, state: &str, size: u64, digest: &Digest) -> StorageResult<()>;
+
+    /// Puts the upload's first `size` bytes in place as the object for `digest`, durably,
+    /// ahead of the database commit and outside the blob row's lock, while keeping the
+    /// upload's data so that `commit` can place it again (the caller re-checks the object
+    /// under the lock: a GC that held the row may have deleted it meanwhile). An object
+    /// already there is left as it is. Returns false when the driver cannot, and then
+    /// `commit` under the lock is the only placement.
+    async fn stage(&mut self, _state: &str, _size: u64, _digest: &Digest) -> StorageResult<bool> {
+        Ok(false)
+    }
+
+    /// Makes every byte appended so far durable (nothing to do where appends are).
+    async fn sync(&mut self) -> StorageResult<()> {
+        Ok(())
+    }
+
+    /// Streams `len` bytes of the upload's data from `start`: bytes another kernel wrote and
+    /// may not have made durable are checked against their recorded hash before anyone
+    /// trusts them. Drivers whose appends are durable never have such bytes.
+    async fn read_back(
+        &mut self,
+        _state: &str,
+        _start: u64,
+        _len: u64,
+    ) -> StorageResult<ByteStream> {
+        Err(StorageError::Other(anyhow::anyhow!(
+            "this driver's appends are durable; nothing to read back"
+        )))
+    }
 }
 
 /// A path relative to the storage root that stays under it: no empty, `.` or `..`

@@ -446,6 +446,7 @@ impl S3Driver {
         Ok(Appended {
             state: st.to_string(),
             written,
+            durable: true,
         })
     }
 
