@@ -1238,6 +1238,42 @@ async fn truncated_body_is_not_committed(b: Backend) {
         .unwrap();
     assert_eq!(r.status(), 201);
     assert_eq!(c.blob_bytes("trunc", &d).await.unwrap(), data);
+
+    // A monolithic POST whose body ends early (small and large ones take different paths):
+    // nothing is stored.
+    for len in [10_000usize, 3 << 20] {
+        let whole = images::noise(96, len);
+        let d = sha256(&whole);
+        let (addr, sent) = (
+            s.url.trim_start_matches("http://").to_string(),
+            whole[..len / 2].to_vec(),
+        );
+        let path = format!("/v2/trunc/blobs/uploads/?digest={d}");
+        tokio::task::spawn_blocking(move || {
+            let mut sock = std::net::TcpStream::connect(addr).unwrap();
+            write!(
+                sock,
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
+            )
+            .unwrap();
+            sock.write_all(&sent).unwrap();
+            sock.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut out = Vec::new();
+            let _ = sock.read_to_end(&mut out);
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            c.head(&format!("/v2/trunc/blobs/{d}")).await.status(),
+            404,
+            "{len}"
+        );
+        assert!(!s.blob_exists(&d).await, "{len}");
+        // The whole body then goes in.
+        assert_eq!(c.push_blob("trunc", &whole).await, d);
+        assert_eq!(c.blob_bytes("trunc", &d).await.unwrap(), whole);
+    }
+    assert_eq!(s.stored_uploads().await, 0);
 }
 
 async fn deletes_can_be_disabled(b: Backend) {

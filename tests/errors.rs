@@ -427,6 +427,10 @@ async fn metrics_series_appear_and_move(b: Backend) {
     let img = images::single(OCI_MANIFEST, "linux/amd64", &[91], 3000);
     s.client.push_image("metrics/app", "v1", &img).await;
     s.client.pull_and_verify("metrics/app", "v1").await;
+    // Small blobs pushed whole are stored in one step (blob_put); uploads append.
+    s.client
+        .push_blob_chunked("metrics/app", &images::noise(92, 5000), 2000)
+        .await;
     s.registry
         .collect_garbage(
             wharf::meta::GcPolicy::with_grace(std::time::Duration::ZERO, true),
@@ -458,13 +462,16 @@ async fn metrics_series_appear_and_move(b: Backend) {
     } else {
         "filesystem"
     };
-    assert!(
-        sample(
-            &before,
-            "wharf_storage_operation_duration_seconds_count",
-            &[&format!("driver=\"{driver}\""), "op=\"upload_append\""]
-        ) > 0.0
-    );
+    for op in ["upload_append", "blob_put"] {
+        assert!(
+            sample(
+                &before,
+                "wharf_storage_operation_duration_seconds_count",
+                &[&format!("driver=\"{driver}\""), &format!("op=\"{op}\"")]
+            ) > 0.0,
+            "{op}"
+        );
+    }
 
     let blob_gets = |t: &str| {
         sample(

@@ -7,7 +7,11 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 /// Files that use dialect syntax (types, identity columns, collations).
-const DIALECT_SPECIFIC: &[&str] = &["V1__initial.sql", "V9__usage_aggregates.sql"];
+const DIALECT_SPECIFIC: &[&str] = &[
+    "V1__initial.sql",
+    "V9__usage_aggregates.sql",
+    "V10__upload_checkpoints.sql",
+];
 
 fn files(dialect: &str) -> BTreeSet<String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))

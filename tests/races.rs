@@ -396,53 +396,92 @@ async fn gc_phase2_lock_lost_against_reupload(b: Backend) {
     assert_fsck_clean(&s).await;
 }
 
-/// On the filesystem an upload's object is staged (linked into place) before its row is
-/// locked. A GC deleting the blob's old `deleting` row deletes that object meanwhile; the
-/// upload then gets a fresh row and must see, under its lock, that the object is gone and place
-/// it again rather than trust what it staged.
+/// A pushed blob's object is stored (staged) before its row is locked: a small one pushed
+/// whole on every backend, an upload's on the filesystem (hard-linked). A GC deleting the
+/// blob's old `deleting` row deletes that object meanwhile; the push then gets a fresh row and
+/// must see, under its lock, that the object is gone and store it again rather than trust
+/// what it staged.
 async fn staged_object_deleted_by_gc_is_placed_again(b: Backend) {
-    let env = TestEnv::new(b).await;
-    let s = env.start().await;
-    let repo = format!("race/staged-{}", uuid::Uuid::new_v4().simple());
-    let data = images::noise(50, 9000);
-    let digest = sha256(&data);
-    s.client.push_blob(&repo, &data).await;
-    assert_eq!(
-        s.client
-            .delete(&format!("/v2/{repo}/blobs/{digest}"))
-            .await
-            .status(),
-        202
-    );
-    let policy = policy_now().await;
+    for (seed, chunked) in [(50u64, false), (51, true)] {
+        // A store of its own each time: GC must find exactly this blob.
+        let env = TestEnv::new(b).await;
+        let s = env.start().await;
+        let repo = format!("race/staged-{}", uuid::Uuid::new_v4().simple());
+        let data = images::noise(seed, 9000);
+        let digest = sha256(&data);
+        s.client.push_blob(&repo, &data).await;
+        assert_eq!(
+            s.client
+                .delete(&format!("/v2/{repo}/blobs/{digest}"))
+                .await
+                .status(),
+            202
+        );
+        // A chunked push sends its chunks first (on SQLite a paused GC holds the one writer,
+        // which the upload's progress needs); its final PUT is what races.
+        let session = if chunked {
+            let loc = s.client.start_upload(&repo).await;
+            let r = s
+                .client
+                .req(reqwest::Method::PATCH, &loc)
+                .header("Content-Range", format!("0-{}", data.len() - 1))
+                .body(data.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+            Some(r.headers()["location"].to_str().unwrap().to_string())
+        } else {
+            None
+        };
+        let policy = policy_now().await;
 
-    // GC marks the blob and pauses in phase 2, holding its row, before deleting the object.
-    let mut gc_pause = wharf::failpoint::arm("gc.deleting_object", &digest);
-    let gc = gc(&s, policy);
-    gc_pause.reached().await;
-    // The push stages (the object is still there) and pauses before locking the row.
-    let mut staged = wharf::failpoint::arm("upload.staged", &digest);
-    let upload = {
-        let (c, repo, data) = (s.client.clone(), repo.clone(), data.clone());
-        tokio::spawn(async move { c.push_blob(&repo, &data).await })
-    };
-    if env.backend == Backend::PostgresS3 {
-        // S3 cannot stage: the object is placed under the row lock only.
-        drop(staged);
-        gc_pause.release();
-        gc.await.unwrap();
-        upload.await.unwrap();
-    } else {
-        staged.reached().await;
-        gc_pause.release();
-        let report = gc.await.unwrap();
-        assert_eq!(report.blobs_deleted, 1, "{report:?}");
-        assert!(!s.blob_exists(&digest).await);
-        staged.release();
-        upload.await.unwrap();
+        // GC marks the blob and pauses in phase 2, holding its row, before deleting the object.
+        let mut gc_pause = wharf::failpoint::arm("gc.deleting_object", &digest);
+        let gc = gc(&s, policy);
+        gc_pause.reached().await;
+        // The push stages (the object is still there) and pauses before locking the row.
+        let mut staged = wharf::failpoint::arm("upload.staged", &digest);
+        let upload = {
+            let (c, repo, data, digest) =
+                (s.client.clone(), repo.clone(), data.clone(), digest.clone());
+            tokio::spawn(async move {
+                match session {
+                    Some(loc) => {
+                        let r = c
+                            .req(
+                                reqwest::Method::PUT,
+                                &common::with_query(&loc, &format!("digest={digest}")),
+                            )
+                            .send()
+                            .await
+                            .unwrap();
+                        assert_eq!(r.status(), 201);
+                    }
+                    None => {
+                        c.push_blob(&repo, &data).await;
+                    }
+                }
+            })
+        };
+        if chunked && env.backend == Backend::PostgresS3 {
+            // An S3 upload cannot stage: its object is placed under the row lock only.
+            drop(staged);
+            gc_pause.release();
+            gc.await.unwrap();
+            upload.await.unwrap();
+        } else {
+            staged.reached().await;
+            gc_pause.release();
+            let report = gc.await.unwrap();
+            assert_eq!(report.blobs_deleted, 1, "{report:?}");
+            assert!(!s.blob_exists(&digest).await);
+            staged.release();
+            upload.await.unwrap();
+        }
+        assert_blob_served(&s, &repo, &data).await;
+        assert_fsck_clean(&s).await;
     }
-    assert_blob_served(&s, &repo, &data).await;
-    assert_fsck_clean(&s).await;
 }
 
 /// Returns once `n` sessions of the test's database wait on locks.

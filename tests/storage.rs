@@ -344,6 +344,40 @@ async fn staged_object_can_be_placed_again(kind: Driver) {
     assert!(!s.stored_uploads().await.unwrap().iter().any(|u| u.id == id));
 }
 
+/// `blob_put` stores a small object in one step; an object already there stays unless the
+/// caller asks to replace it.
+async fn whole_objects_from_memory(kind: Driver) {
+    let store = Store::new(kind).await;
+    let s = store.driver.as_ref();
+    let content = data(10, 70_000);
+    let d = Digest::of(&content);
+    s.blob_put(&d, Bytes::from(content.clone()), false)
+        .await
+        .unwrap();
+    assert!(read(s, &d, 0, content.len() as u64).await == content);
+    // Again: the same bytes, harmless.
+    s.blob_put(&d, Bytes::from(content.clone()), false)
+        .await
+        .unwrap();
+    assert!(read(s, &d, 0, content.len() as u64).await == content);
+    // A damaged object (here: other bytes under the name) is replaced only when asked to.
+    let other = data(11, 100);
+    s.blob_put(&d, Bytes::from(other.clone()), true)
+        .await
+        .unwrap();
+    assert_eq!(s.blob_stat(&d).await.unwrap(), Some(100));
+    s.blob_put(&d, Bytes::from(content.clone()), true)
+        .await
+        .unwrap();
+    assert!(read(s, &d, 0, content.len() as u64).await == content);
+    let empty = Digest::of(b"");
+    s.blob_put(&empty, Bytes::new(), false).await.unwrap();
+    assert_eq!(s.blob_stat(&empty).await.unwrap(), Some(0));
+    let listed = s.list_blobs().await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(s.stored_uploads().await.unwrap().is_empty());
+}
+
 async fn listing_and_purging(kind: Driver) {
     let store = Store::new(kind).await;
     let s = store.driver.as_ref();
@@ -495,6 +529,7 @@ driver_tests!(
     offset_beyond_data_is_refused,
     concurrent_commits_of_one_digest,
     staged_object_can_be_placed_again,
+    whole_objects_from_memory,
     listing_and_purging,
     tree_listing_and_reading,
 );

@@ -5,7 +5,7 @@
 -- kernel trusts them; any other (another machine, or after a reboot) first checks them
 -- against hash_state and falls back to the checkpoint when they do not match.
 ALTER TABLE uploads ADD COLUMN synced_size BIGINT NOT NULL DEFAULT 0;
-ALTER TABLE uploads ADD COLUMN synced_hash_state BYTEA;
+ALTER TABLE uploads ADD COLUMN synced_hash_state BYTEA;  -- BLOB on SQLite
 ALTER TABLE uploads ADD COLUMN unsynced_on TEXT NOT NULL DEFAULT '';
 -- Until now every saved state was durable.
 UPDATE uploads SET synced_size = size, synced_hash_state = hash_state;

@@ -183,7 +183,8 @@ pub async fn start_upload(
         }
         // Not mountable: the spec says to answer with a regular upload session.
     } else if let Some(digest) = digest_param(req, "digest")? {
-        reg.monolithic_upload(name, &digest, body).await?;
+        reg.monolithic_upload(name, &digest, content_length(req), body)
+            .await?;
         return Ok(created_blob(name, &digest));
     }
     let upload = reg.start_upload(name).await?;

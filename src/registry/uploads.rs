@@ -393,12 +393,14 @@ impl Registry {
     /// POST ?digest=: a whole blob in one request. It gets no upload row: no client can
     /// address the session, nothing resumes it, and the only commits are the blob's own. Should
     /// the request die half way, its data is upload data no row knows, which upload purging
-    /// removes (`purge_uploads`).
+    /// removes (`purge_uploads`). A body that says it holds at most [`SMALL_BLOB`] bytes
+    /// (`length`, its Content-Length) is taken into memory and stored in one step instead.
     #[tracing::instrument(skip_all, fields(repository = %repo))]
     pub async fn monolithic_upload<S, E>(
         &self,
         repo: &RepoName,
         digest: &Digest,
+        length: Option<u64>,
         body: S,
     ) -> Result<u64>
     where
@@ -406,6 +408,10 @@ impl Registry {
         E: std::fmt::Display,
     {
         let _in_flight = InFlight::start();
+        if let Some(length) = length.filter(|&n| n <= SMALL_BLOB) {
+            let data = read_whole(body, length).await?;
+            return self.put_small_blob(repo, digest, data).await;
+        }
         let id = UploadId::generate();
         let mut record = UploadRecord {
             id: id.clone(),
@@ -437,6 +443,31 @@ impl Registry {
             return Err(e);
         }
         Ok(record.size)
+    }
+
+    /// A small blob whole from memory: checked, its object stored before the blob row is
+    /// locked and checked again under the lock (a GC that held the old row may have deleted it
+    /// meanwhile; then it is stored again), then row and link commit. Nothing is stored when
+    /// the digest does not match.
+    async fn put_small_blob(&self, repo: &RepoName, digest: &Digest, data: Bytes) -> Result<u64> {
+        let actual = Digest::of(&data);
+        if actual != *digest {
+            return Err(Error::DigestInvalid(format!(
+                "the uploaded content ({} bytes) has digest {actual}, not {digest}; nothing was stored",
+                data.len()
+            )));
+        }
+        let size = data.len() as u64;
+        self.storage.blob_put(digest, data.clone(), false).await?;
+        crate::failpoint::hit("upload.staged", digest.as_str()).await;
+        let commit = self.meta.begin_blob_commit(digest, size).await?;
+        let found = self.storage.blob_stat(digest).await?;
+        if found != Some(size) {
+            tracing::info!(%digest, ?found, "a stored object was missing or damaged under the row lock; storing it again");
+            self.storage.blob_put(digest, data, true).await?;
+        }
+        commit.finish(repo, digest, None).await?;
+        Ok(size)
     }
 
     #[tracing::instrument(skip_all, fields(repository = %repo))]
@@ -516,6 +547,49 @@ impl UploadRecord {
         back.unsynced_on.clear();
         Ok(back)
     }
+}
+
+/// Monolithic pushes up to this size (by their Content-Length) are read into memory and stored
+/// in one step: no upload file, no staging link, one write and sync of the object.
+pub const SMALL_BLOB: u64 = 1 << 20;
+
+/// A body of exactly `length` bytes, in one buffer.
+async fn read_whole<S, E>(body: S, length: u64) -> Result<Bytes>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut body = body;
+    let mut first: Option<Bytes> = None;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk
+            .map_err(|e| Error::BlobUploadInvalid(format!("reading the request body: {e}")))?;
+        let held = first.as_ref().map_or(0, |f| f.len()) + buf.len();
+        if (held + chunk.len()) as u64 > length {
+            return Err(Error::SizeInvalid(format!(
+                "the body holds more than its Content-Length of {length} bytes"
+            )));
+        }
+        // A body in one chunk (the usual case) is kept as it is, without a copy.
+        match first.take() {
+            None if buf.is_empty() => first = Some(chunk),
+            Some(f) => {
+                buf.reserve(length as usize);
+                buf.extend_from_slice(&f);
+                buf.extend_from_slice(&chunk);
+            }
+            None => buf.extend_from_slice(&chunk),
+        }
+    }
+    let data = first.unwrap_or_else(|| buf.freeze());
+    if data.len() as u64 != length {
+        return Err(Error::BlobUploadInvalid(format!(
+            "the body ended after {} of its {length} bytes; nothing was stored",
+            data.len()
+        )));
+    }
+    Ok(data)
 }
 
 /// Counts an upload request writing to storage (the uploads-in-flight gauge) while it lives.

@@ -348,6 +348,12 @@ impl BlobStore for FsDriver {
         Ok(Bytes::from(data))
     }
 
+    async fn blob_put(&self, digest: &Digest, data: Bytes, replace: bool) -> StorageResult<()> {
+        let dst = self.blob_path(digest);
+        blocking(move || put_whole(&dst, &data, replace)).await?;
+        Ok(())
+    }
+
     async fn blob_delete(&self, digest: &Digest) -> StorageResult<()> {
         let path = self.blob_path(digest);
         blocking(move || {
@@ -519,6 +525,75 @@ impl FsUpload<'_> {
         })
         .await?;
         Ok(())
+    }
+}
+
+/// Writes `data` as the file `dst`, durably: first as an unnamed file in its directory
+/// (`O_TMPFILE`: a crash leaves nothing behind), synced, then named and the directory synced.
+/// An existing `dst` stays unless `replace`. Where the filesystem has no unnamed files, a
+/// temporary name and a rename.
+fn put_whole(dst: &Path, data: &[u8], replace: bool) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = dst.parent().expect("blob path has a parent");
+    std::fs::create_dir_all(dir)?;
+    let unnamed = OpenOptions::new()
+        .write(true)
+        .mode(0o644)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir);
+    let named = match unnamed {
+        Ok(mut file) => {
+            file.write_all(data)?;
+            file.sync_data()?;
+            match link_unnamed(&file, dst) {
+                Ok(()) => true,
+                Err(e) if e.kind() == ErrorKind::AlreadyExists && !replace => true,
+                Err(_) => false,
+            }
+        }
+        Err(_) => false,
+    };
+    if !named {
+        let tmp = dir.join(format!(".put-{}", uuid::Uuid::new_v4().simple()));
+        let written = (|| {
+            let mut file = File::create(&tmp)?;
+            file.write_all(data)?;
+            file.sync_data()?;
+            if replace || !dst.exists() {
+                std::fs::rename(&tmp, dst)
+            } else {
+                std::fs::remove_file(&tmp)
+            }
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written?;
+    }
+    sync_dir(dir)
+}
+
+/// Gives an `O_TMPFILE` file the name `dst` (fails if `dst` exists).
+fn link_unnamed(file: &File, dst: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    let to = CString::new(dst.as_os_str().as_bytes())?;
+    // SAFETY: two NUL-terminated paths that live across the call.
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

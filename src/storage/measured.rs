@@ -97,6 +97,10 @@ impl<S: BlobStore> BlobStore for Measured<S> {
         measured!(self, "blob_delete", self.inner.blob_delete(digest))
     }
 
+    async fn blob_put(&self, digest: &Digest, data: Bytes, replace: bool) -> StorageResult<()> {
+        measured!(self, "blob_put", self.inner.blob_put(digest, data, replace))
+    }
+
     async fn redirect_url(&self, digest: &Digest) -> StorageResult<Option<String>> {
         measured!(self, "redirect_url", self.inner.redirect_url(digest))
     }

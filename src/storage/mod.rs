@@ -95,6 +95,11 @@ pub trait BlobStore: Send + Sync {
     /// Deletes the object. A missing object is not an error.
     async fn blob_delete(&self, digest: &Digest) -> StorageResult<()>;
 
+    /// Stores `data` (the caller checked its digest) as the object for `digest`, durably, in
+    /// one step: a small blob pushed whole needs no upload. An object already there may be
+    /// left as it is (the filesystem does), unless `replace` (the caller found it damaged).
+    async fn blob_put(&self, digest: &Digest, data: Bytes, replace: bool) -> StorageResult<()>;
+
     /// Every object under `prefix` (a path relative to the storage root, e.g.
     /// `docker/registry/v2/repositories/`), as paths relative to the root, in no set order.
     /// A missing prefix is an empty list. (`wharf import` reads a Distribution tree so.)

@@ -810,6 +810,11 @@ impl BlobStore for S3Driver {
         }
     }
 
+    async fn blob_put(&self, digest: &Digest, data: Bytes, _replace: bool) -> StorageResult<()> {
+        // A PutObject replaces whatever is there, atomically; the same bytes either way.
+        self.put_final(&self.blob_key(digest), data).await
+    }
+
     async fn blob_delete(&self, digest: &Digest) -> StorageResult<()> {
         // GC deletes objects under row locks it must not outlive: a delete is one attempt,
         // bounded in time, never an SDK retry landing after the caller gave up.
