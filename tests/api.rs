@@ -1096,6 +1096,13 @@ async fn unsynced_upload_bytes_are_checked_elsewhere(b: Backend) {
     if durable {
         // Nothing past the checkpoint: nothing to check.
         assert_eq!(state(id.clone()).await.1, 200_000);
+        // As an older wharf leaves a row (it records no checkpoint): the driver's appends are
+        // durable, so nothing is rolled back (its part list could not follow a roll back).
+        sqlx::query("UPDATE uploads SET synced_size = 0, unsynced_on = '' WHERE id = $1")
+            .bind(id.clone())
+            .execute(&db)
+            .await
+            .unwrap();
     } else {
         assert_eq!(state(id.clone()).await, (200_000, 100_000, boot_id.clone()));
 

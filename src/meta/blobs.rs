@@ -39,6 +39,9 @@ impl OrphanClaim {
 pub struct BlobCommit {
     tx: WriteTx,
     needs_object: bool,
+    /// The row is this transaction's own insert: nothing can refer to it yet (`lost_blobs`
+    /// rows go with the blob row they name).
+    inserted: bool,
 }
 
 impl MetaStore {
@@ -171,6 +174,7 @@ impl MetaStore {
                 return Ok(BlobCommit {
                     tx,
                     needs_object: true,
+                    inserted: true,
                 });
             }
             let sql = format!(
@@ -201,6 +205,7 @@ impl MetaStore {
                 return Ok(BlobCommit {
                     tx,
                     needs_object: false,
+                    inserted: false,
                 });
             }
             // GC has committed to deleting this object and may have removed it already (or
@@ -214,6 +219,7 @@ impl MetaStore {
             return Ok(BlobCommit {
                 tx,
                 needs_object: true,
+                inserted: false,
             });
         }
         Err(MetaError::Busy(format!(
@@ -323,7 +329,6 @@ impl BlobCommit {
         self.needs_object
     }
 
-    /// Links the blob into `repo`, closes the upload session and commits.
     /// Links the blob into `repo`, ends the upload (`None`: one without a row, a monolithic
     /// POST) and commits.
     pub async fn finish(
@@ -349,11 +354,15 @@ impl BlobCommit {
         self.tx.link(repo_id, digest).await?;
         // Unreferenced until a manifest uses it: GC looks again once the grace period is over.
         self.tx.review_blob(digest, now_ms());
-        // The object is in place now (written or checked under the row lock).
-        sqlx::query("DELETE FROM lost_blobs WHERE digest = $1")
-            .bind(digest.as_str())
-            .execute(self.tx.conn())
-            .await?;
+        // The object is in place now (written or checked under the row lock). A row this
+        // transaction inserted has no such record: it went with the row before (the foreign
+        // key cascades).
+        if !self.inserted {
+            sqlx::query("DELETE FROM lost_blobs WHERE digest = $1")
+                .bind(digest.as_str())
+                .execute(self.tx.conn())
+                .await?;
+        }
         crate::failpoint::hit("upload.linked", digest.as_str()).await;
         self.tx.commit().await
     }

@@ -227,7 +227,10 @@ impl Registry {
             .read_back(&record.driver_state, record.synced_size, len)
             .await
         {
-            Ok(mut bytes) => {
+            // Durable appends: nothing to check (and nothing a roll back could keep consistent
+            // with the driver's state).
+            Ok(None) => true,
+            Ok(Some(mut bytes)) => {
                 let mut read = 0u64;
                 let mut failed = false;
                 while let Some(piece) = bytes.next().await {

@@ -28,7 +28,7 @@ use crate::oci::{Digest, UploadId};
 /// Appends are written in pieces of this size, one piece in flight while the next arrives.
 const WRITE_PIECE: usize = 1 << 20;
 /// Blobs are read in pieces of this size.
-const READ_PIECE: u64 = 256 << 10;
+const READ_PIECE: u64 = 512 << 10;
 
 /// Starts writing a range of dirty pages to disk without waiting for it, so that the next
 /// fdatasync (a checkpoint, or the commit) finds little left to write: a large push then streams to
@@ -416,8 +416,13 @@ impl UploadWriter for FsUpload<'_> {
         Ok(())
     }
 
-    async fn read_back(&mut self, _state: &str, start: u64, len: u64) -> StorageResult<ByteStream> {
-        Ok(read_stream(self.file.clone(), start, len))
+    async fn read_back(
+        &mut self,
+        _state: &str,
+        start: u64,
+        len: u64,
+    ) -> StorageResult<Option<ByteStream>> {
+        Ok(Some(read_stream(self.file.clone(), start, len)))
     }
 }
 

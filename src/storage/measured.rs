@@ -142,7 +142,12 @@ impl UploadWriter for MeasuredUpload<'_> {
         measured!(self, "upload_sync", self.inner.sync())
     }
 
-    async fn read_back(&mut self, state: &str, start: u64, len: u64) -> StorageResult<ByteStream> {
+    async fn read_back(
+        &mut self,
+        state: &str,
+        start: u64,
+        len: u64,
+    ) -> StorageResult<Option<ByteStream>> {
         self.inner.read_back(state, start, len).await
     }
 }

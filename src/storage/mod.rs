@@ -148,16 +148,15 @@ pub trait UploadWriter: Send {
 
     /// Streams `len` bytes of the upload's data from `start`: bytes another kernel wrote and
     /// may not have made durable are checked against their recorded hash before anyone
-    /// trusts them. Drivers whose appends are durable never have such bytes.
+    /// trusts them. `None` from a driver whose appends are durable: whatever its uploads
+    /// hold is (an upload recorded by an older wharf may still look unsynced).
     async fn read_back(
         &mut self,
         _state: &str,
         _start: u64,
         _len: u64,
-    ) -> StorageResult<ByteStream> {
-        Err(StorageError::Other(anyhow::anyhow!(
-            "this driver's appends are durable; nothing to read back"
-        )))
+    ) -> StorageResult<Option<ByteStream>> {
+        Ok(None)
     }
 }
 
