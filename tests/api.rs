@@ -1132,17 +1132,32 @@ async fn unsynced_upload_bytes_are_checked_elsewhere(b: Backend) {
 
         let r = patch(loc.clone(), 100_000, 200_000).await;
         assert_eq!(r.status(), 202);
+
+        // Lost again, and the client closes the upload: the PUT is refused with the offset to
+        // resume from (closing it would store the wrong blob or discard the upload).
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[120_000] ^= 0xff;
+        std::fs::write(&file, &bytes).unwrap();
+        elsewhere(id.clone()).await;
+        let r = c
+            .req(
+                Method::PUT,
+                &with_query(&loc, &format!("digest={}", sha256(&data[..200_000]))),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 416);
+        assert_eq!(r.headers()["range"], "0-99999");
+        assert_eq!(c.get(&loc).await.status(), 204, "the upload is still there");
+        let r = patch(loc.clone(), 100_000, 200_000).await;
+        assert_eq!(r.status(), 202);
     }
     let r = patch(loc, 200_000, 300_000).await;
     assert_eq!(r.status(), 202);
     let loc = r.headers()["location"].to_str().unwrap().to_string();
     let d = sha256(&data);
-    let r = c
-        .req(Method::PUT, &with_query(&loc, &format!("digest={d}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    c.close_upload(&loc, &d).await;
     assert_eq!(c.blob_bytes("ckpt", &d).await.unwrap(), data);
     db.close().await;
 }
@@ -1178,13 +1193,7 @@ async fn upload_resumes_after_restart(b: Backend) {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let r = s
-        .client
-        .req(Method::PUT, &with_query(&loc, &format!("digest={d}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    s.client.close_upload(&loc, &d).await;
     assert_eq!(s.client.blob_bytes("resume", &d).await.unwrap(), data);
 }
 
@@ -1238,12 +1247,7 @@ async fn truncated_body_is_not_committed(b: Backend) {
         .unwrap();
     assert_eq!(r.status(), 202);
     let d = sha256(&data);
-    let r = c
-        .req(Method::PUT, &with_query(&loc, &format!("digest={d}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    c.close_upload(&loc, &d).await;
     assert_eq!(c.blob_bytes("trunc", &d).await.unwrap(), data);
 
     // A monolithic POST whose body ends early (small and large ones take different paths):

@@ -292,13 +292,7 @@ async fn two_replicas_share_uploads_and_manifests(b: Backend) {
         loc = r.headers()["location"].to_str().unwrap().to_string();
     }
     let d = sha256(&data);
-    let r = b2
-        .client
-        .req(Method::PUT, &with_query(&loc, &format!("digest={d}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    b2.client.close_upload(&loc, &d).await;
     assert_eq!(a.client.blob_bytes("replicas/app", &d).await.unwrap(), data);
 
     // A manifest pushed to one replica is immediately pullable from the other.

@@ -84,6 +84,15 @@ async fn assert_blob_served(s: &TestServer, repo: &str, data: &[u8]) {
     assert_eq!(r.bytes().await.unwrap().as_ref(), data);
 }
 
+/// Pushes `data` into `repo` and deletes the repository's link to it: the blob is garbage
+/// to the next GC. Returns its digest.
+async fn pushed_then_unlinked(s: &TestServer, repo: &str, data: &[u8]) -> String {
+    let digest = s.client.push_blob(repo, data).await;
+    let r = s.client.delete(&format!("/v2/{repo}/blobs/{digest}")).await;
+    assert_eq!(r.status(), 202);
+    digest
+}
+
 async fn assert_fsck_clean(s: &TestServer) {
     let r = s.registry.fsck(false, Duration::ZERO).await.unwrap();
     assert!(r.missing.is_empty() && r.size_mismatch.is_empty(), "{r:?}");
@@ -355,15 +364,7 @@ async fn gc_phase2_lock_lost_against_reupload(b: Backend) {
     let s = env.start().await;
     let repo = format!("race/lost-{}", uuid::Uuid::new_v4().simple());
     let data = images::noise(48, 6000);
-    let digest = sha256(&data);
-    s.client.push_blob(&repo, &data).await;
-    assert_eq!(
-        s.client
-            .delete(&format!("/v2/{repo}/blobs/{digest}"))
-            .await
-            .status(),
-        202
-    );
+    let digest = pushed_then_unlinked(&s, &repo, &data).await;
     let policy = policy_now().await;
 
     let mut pause = wharf::failpoint::arm("gc.deleting_object", &digest);
@@ -408,15 +409,7 @@ async fn staged_object_deleted_by_gc_is_placed_again(b: Backend) {
         let s = env.start().await;
         let repo = format!("race/staged-{}", uuid::Uuid::new_v4().simple());
         let data = images::noise(seed, 9000);
-        let digest = sha256(&data);
-        s.client.push_blob(&repo, &data).await;
-        assert_eq!(
-            s.client
-                .delete(&format!("/v2/{repo}/blobs/{digest}"))
-                .await
-                .status(),
-            202
-        );
+        let digest = pushed_then_unlinked(&s, &repo, &data).await;
         // A chunked push sends its chunks first (on SQLite a paused GC holds the one writer,
         // which the upload's progress needs); its final PUT is what races.
         let session = if chunked {
@@ -447,17 +440,7 @@ async fn staged_object_deleted_by_gc_is_placed_again(b: Backend) {
                 (s.client.clone(), repo.clone(), data.clone(), digest.clone());
             tokio::spawn(async move {
                 match session {
-                    Some(loc) => {
-                        let r = c
-                            .req(
-                                reqwest::Method::PUT,
-                                &common::with_query(&loc, &format!("digest={digest}")),
-                            )
-                            .send()
-                            .await
-                            .unwrap();
-                        assert_eq!(r.status(), 201);
-                    }
+                    Some(loc) => c.close_upload(&loc, &digest).await,
                     None => {
                         c.push_blob(&repo, &data).await;
                     }

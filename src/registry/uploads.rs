@@ -212,7 +212,8 @@ impl Registry {
 
     /// Bytes past the checkpoint that another kernel wrote are trusted only once they are read
     /// back and match the saved hash state (then they are synced here and become the
-    /// checkpoint); otherwise the upload goes back to its checkpoint.
+    /// checkpoint); otherwise the upload goes back to its checkpoint and the request is refused
+    /// with the offset to resume from.
     async fn check_unsynced(
         &self,
         writer: &mut dyn UploadWriter,
@@ -249,24 +250,34 @@ impl Registry {
             }
             Err(_) => false,
         };
-        let next = if intact && writer.sync().await.is_ok() {
-            let mut n = record.clone();
-            n.checkpoint_at_end();
-            n
-        } else {
-            let back = record.rolled_back()?;
-            tracing::warn!(
-                upload = %record.id,
-                written_on = %record.unsynced_on,
-                size = record.size,
-                checkpoint = back.size,
-                "bytes past an upload's checkpoint, written before a crash or on another machine, did not survive; the upload resumes from its checkpoint"
-            );
-            back
-        };
-        self.save_progress(record.size, &next).await?;
-        *record = next;
-        Ok(())
+        if intact && writer.sync().await.is_ok() {
+            let mut next = record.clone();
+            next.checkpoint_at_end();
+            self.save_progress(record.size, &next).await?;
+            *record = next;
+            return Ok(());
+        }
+        let back = record.rolled_back()?;
+        tracing::warn!(
+            upload = %record.id,
+            written_on = %record.unsynced_on,
+            size = record.size,
+            checkpoint = back.size,
+            "bytes past an upload's checkpoint, written before a crash or on another machine, did not survive; the upload resumes from its checkpoint"
+        );
+        self.save_progress(record.size, &back).await?;
+        let lost = record.size;
+        *record = back;
+        // Whatever this request meant to do, it assumed the upload held `lost` bytes: a
+        // streamed PATCH would append in the wrong place and a PUT would close the wrong blob.
+        // The client checks the status and resumes.
+        Err(Error::RangeInvalid {
+            message: format!(
+                "the upload's bytes past {} (of {lost}) did not survive a crash or were written on another machine and lost; resume from byte {}",
+                record.size, record.size
+            ),
+            offset: record.size,
+        })
     }
 
     /// PATCH: appends a chunk (with `Content-Range`) or a stream (without).

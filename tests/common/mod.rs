@@ -606,6 +606,24 @@ impl Client {
         digest
     }
 
+    /// Closes an upload with a bodyless `PUT ?digest=`; asserts the blob was created.
+    pub async fn close_upload(&self, location: &str, digest: &str) {
+        let r = self
+            .req(
+                Method::PUT,
+                &with_query(location, &format!("digest={digest}")),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "closing {location}: {}",
+            r.text().await.unwrap()
+        );
+    }
+
     /// Starts an upload session; returns its Location.
     pub async fn start_upload(&self, repo: &str) -> String {
         let resp = self
