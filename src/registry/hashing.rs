@@ -82,17 +82,18 @@ impl Tap {
     /// thread once the body is past [`INLINE`]).
     fn take(&mut self, b: &Bytes) -> Option<mpsc::Sender<Bytes>> {
         self.seen += b.len() as u64;
-        if self.pipe.is_none() && self.seen > INLINE {
-            if let Some(mut hasher) = self.hasher.take() {
-                let (tx, mut rx) = mpsc::channel::<Bytes>(DEPTH);
-                let thread = tokio::task::spawn_blocking(move || {
-                    while let Some(b) = rx.blocking_recv() {
-                        hasher.update(&b);
-                    }
-                    hasher
-                });
-                self.pipe = Some((tx, thread));
-            }
+        if self.pipe.is_none()
+            && self.seen > INLINE
+            && let Some(mut hasher) = self.hasher.take()
+        {
+            let (tx, mut rx) = mpsc::channel::<Bytes>(DEPTH);
+            let thread = tokio::task::spawn_blocking(move || {
+                while let Some(b) = rx.blocking_recv() {
+                    hasher.update(&b);
+                }
+                hasher
+            });
+            self.pipe = Some((tx, thread));
         }
         match (&mut self.hasher, &self.pipe) {
             (_, Some((tx, _))) => Some(tx.clone()),
