@@ -1197,8 +1197,26 @@ async fn upload_resumes_after_restart(b: Backend) {
     assert_eq!(s.client.blob_bytes("resume", &d).await.unwrap(), data);
 }
 
-async fn truncated_body_is_not_committed(b: Backend) {
+/// Sends `method path` announcing a body of `len` bytes, sends `sent` of them and hangs up.
+async fn send_truncated(url: &str, method: &str, path: &str, len: usize, sent: Vec<u8>) {
     use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://").to_string();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
+    );
+    tokio::task::spawn_blocking(move || {
+        let mut sock = std::net::TcpStream::connect(addr).unwrap();
+        sock.write_all(head.as_bytes()).unwrap();
+        sock.write_all(&sent).unwrap();
+        sock.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = Vec::new();
+        let _ = sock.read_to_end(&mut out);
+    })
+    .await
+    .unwrap();
+}
+
+async fn truncated_body_is_not_committed(b: Backend) {
     let env = TestEnv::new(b).await;
     let s = env.start().await;
     let c = &s.client;
@@ -1211,22 +1229,7 @@ async fn truncated_body_is_not_committed(b: Backend) {
         .unwrap();
 
     // Announce 10000 bytes, send 4000, hang up.
-    let addr = s.url.trim_start_matches("http://").to_string();
-    let loc2 = loc.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut sock = std::net::TcpStream::connect(addr).unwrap();
-        write!(
-            sock,
-            "PATCH {loc2} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 10000\r\n\r\n"
-        )
-        .unwrap();
-        sock.write_all(&[9u8; 4000]).unwrap();
-        sock.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut out = Vec::new();
-        let _ = sock.read_to_end(&mut out);
-    })
-    .await
-    .unwrap();
+    send_truncated(&s.url, "PATCH", &loc, 10_000, vec![9u8; 4000]).await;
 
     let r = c.get(&loc).await;
     assert_eq!(r.status(), 204);
@@ -1255,25 +1258,8 @@ async fn truncated_body_is_not_committed(b: Backend) {
     for len in [10_000usize, 3 << 20] {
         let whole = images::noise(96, len);
         let d = sha256(&whole);
-        let (addr, sent) = (
-            s.url.trim_start_matches("http://").to_string(),
-            whole[..len / 2].to_vec(),
-        );
         let path = format!("/v2/trunc/blobs/uploads/?digest={d}");
-        tokio::task::spawn_blocking(move || {
-            let mut sock = std::net::TcpStream::connect(addr).unwrap();
-            write!(
-                sock,
-                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
-            )
-            .unwrap();
-            sock.write_all(&sent).unwrap();
-            sock.shutdown(std::net::Shutdown::Write).unwrap();
-            let mut out = Vec::new();
-            let _ = sock.read_to_end(&mut out);
-        })
-        .await
-        .unwrap();
+        send_truncated(&s.url, "POST", &path, len, whole[..len / 2].to_vec()).await;
         assert_eq!(
             c.head(&format!("/v2/trunc/blobs/{d}")).await.status(),
             404,
