@@ -4,7 +4,6 @@
 //! object is in place before its row is committed; nothing is answered before both. Deletes go
 //! the other way (rows first; the bytes go when GC reaches them).
 
-mod hashing;
 mod uploads;
 
 use std::io;

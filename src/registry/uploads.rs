@@ -20,7 +20,6 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
-use super::hashing::Hashing;
 use super::{Registry, io_stream};
 use crate::error::{Error, Result};
 use crate::meta::UploadRecord;
@@ -130,22 +129,21 @@ impl Registry {
                 });
             }
         }
-        let hasher = Sha256Hasher::restore(&record.hash_state).ok_or_else(|| {
+        let mut hasher = Sha256Hasher::restore(&record.hash_state).ok_or_else(|| {
             Error::internal(
                 "upload",
                 format!("corrupt hash state for upload {}", record.id),
             )
         })?;
-        let hashing = Hashing::new(hasher);
-        let mut hashed = hashing.tap(io_stream(body));
+        let mut hashed = io_stream(body).map(|r: std::io::Result<Bytes>| {
+            if let Ok(b) = &r {
+                hasher.update(b);
+            }
+            r
+        });
         let appended = writer
             .append(&record.driver_state, record.size, &mut hashed)
             .await?;
-        drop(hashed);
-        let hasher = hashing
-            .finish()
-            .await
-            .map_err(|e| Error::internal("upload", format!("hashing upload {}: {e}", record.id)))?;
         if let Some(r) = range {
             if appended.written != r.len() {
                 return Err(Error::RangeInvalid {
