@@ -210,38 +210,19 @@ impl Bench {
             out.finish();
         }
         let t = Target::new(&server.url)?;
-        let mut out = Out::start(label, &format!("{prefix}.raw.push_4KiB_x16"), pid);
-        let how = load::Push::PostPut;
-        load::push_small(
-            &t,
-            &mut out,
-            "raw/small",
-            4096,
-            16,
-            self.secs,
-            self.salt,
-            how,
-        )
-        .await?;
-        out.finish();
-        let mut out = Out::start(
-            label,
-            &format!("{prefix}.raw.push_64KiB_x16_monolithic"),
-            pid,
-        );
-        let how = load::Push::Monolithic;
-        load::push_small(
-            &t,
-            &mut out,
-            "raw/mono",
-            64 << 10,
-            16,
-            self.secs,
-            self.salt,
-            how,
-        )
-        .await?;
-        out.finish();
+        for (scenario, repo, size, how) in [
+            ("push_4KiB_x16", "raw/small", 4096, load::Push::PostPut),
+            (
+                "push_64KiB_x16_monolithic",
+                "raw/mono",
+                64 << 10,
+                load::Push::Monolithic,
+            ),
+        ] {
+            let mut out = Out::start(label, &format!("{prefix}.raw.{scenario}"), pid);
+            load::push_small(&t, &mut out, repo, size, 16, self.secs, self.salt, how).await?;
+            out.finish();
+        }
         let mut out = Out::start(label, &format!("{prefix}.raw.get_4KiB_x32"), pid);
         load::get_small(
             &t,
