@@ -794,6 +794,10 @@ async fn main() -> anyhow::Result<()> {
             };
             let wanted = |s: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == s));
             let started = Instant::now();
+            eprintln!("== warming memory");
+            let mut out = Out::start("machine", "memory", None);
+            limits::warm_memory(&mut out)?;
+            out.finish();
             if wanted("limits") {
                 eprintln!("== limits");
                 let mut out = Out::start("machine", "limits", None);

@@ -9,8 +9,9 @@
 //! that are one transaction) and to [`WriteTx`] (statements other modules compose into their
 //! transactions): `repositories`, `blobs`, `uploads`, `manifests`, `tags`, `reviews` (the GC
 //! queue), `gc`, `usage`, and `seed` (bulk rows for benchmarks). Every write runs in a
-//! [`WriteTx`], and [`MetaStore::begin_write`] is the only way to get one, so no write can
-//! forget SQLite's writer gate.
+//! [`WriteTx`], which only [`MetaStore::begin_write`] hands out, or is one statement through
+//! [`MetaStore::write_relaxed`] (an upload's progress); both take SQLite's writer gate, so no
+//! write can forget it.
 
 /// How often a transaction that lost a race (deadlock, serialization failure) is run again
 /// before the client is told to retry (503).
@@ -218,6 +219,9 @@ pub struct MetaStore {
     dialect: Dialect,
     /// SQLite only: in-process writers queue here rather than in SQLite's busy handler.
     write_gate: Option<Arc<Mutex<()>>>,
+    /// SQLite only: one connection whose commits do not wait for the disk (see
+    /// [`MetaStore::write_relaxed`]).
+    relaxed: Option<AnyPool>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -253,6 +257,22 @@ impl WriteTx {
     }
 }
 
+/// Pool options whose connections first run `setup`, then `extra`.
+fn with_setup(
+    options: AnyPoolOptions,
+    setup: &'static [&'static str],
+    extra: &'static [&'static str],
+) -> AnyPoolOptions {
+    options.after_connect(move |conn, _| {
+        Box::pin(async move {
+            for stmt in setup.iter().chain(extra) {
+                sqlx::query(stmt).execute(&mut *conn).await?;
+            }
+            Ok(())
+        })
+    })
+}
+
 impl MetaStore {
     /// Runs migrations, then opens the pool.
     pub async fn open(url: &str, max_connections: u32) -> MetaResult<Self> {
@@ -269,22 +289,31 @@ impl MetaStore {
             Dialect::Sqlite => sqlite::CONNECTION_SETUP,
             Dialect::Postgres => postgres::CONNECTION_SETUP,
         };
-        let options = options.after_connect(move |conn, _| {
-            Box::pin(async move {
-                for stmt in setup {
-                    sqlx::query(stmt).execute(&mut *conn).await?;
-                }
-                Ok(())
-            })
-        });
-        let pool = options
+        let pool = with_setup(options, setup, &[])
             .connect(url)
             .await
             .with_context(|| format!("cannot open database {}", crate::config::redact_url(url)))?;
+        let relaxed = match dialect {
+            Dialect::Sqlite => Some(
+                with_setup(
+                    AnyPoolOptions::new()
+                        .max_connections(1)
+                        .acquire_timeout(Duration::from_secs(30)),
+                    setup,
+                    sqlite::RELAXED_SETUP,
+                )
+                .connect_lazy(url)
+                .with_context(|| {
+                    format!("cannot open database {}", crate::config::redact_url(url))
+                })?,
+            ),
+            Dialect::Postgres => None,
+        };
         let store = MetaStore {
             pool,
             dialect,
             write_gate: (dialect == Dialect::Sqlite).then(|| Arc::new(Mutex::new(()))),
+            relaxed,
         };
         store.backfill_namespaces().await?;
         store.ensure_usage_built().await?;
@@ -306,13 +335,21 @@ impl MetaStore {
         Ok(())
     }
 
-    /// The one way to write. On SQLite it first takes the in-process writer gate: a write
-    /// that bypassed it would meet SQLite's busy handler, which sleeps for up to 100 ms at a
-    /// time.
+    /// Whether a commit of [`MetaStore::write_relaxed`] can be lost by a crash of the
+    /// operating system (never by a crash of the process).
+    pub fn relaxed_writes_may_be_lost(&self) -> bool {
+        self.relaxed.is_some()
+    }
+
+    /// One write statement that is its own transaction, for state whose latest commits the
+    /// caller can afford to lose in an operating-system crash or power loss (an upload's
+    /// progress: the bytes it describes are not synced either). On SQLite it waits at the
+    /// writer gate like a transaction would but costs no BEGIN and COMMIT round trips, and it
+    /// commits without syncing the WAL (`synchronous = NORMAL`); the next durable commit syncs
+    /// it with its own, and a crash can only take the database back to an earlier state, never
+    /// to an inconsistent one. On PostgreSQL it is an ordinary durable commit.
     #[tracing::instrument(skip_all)]
-    /// One write statement that is its own transaction: on SQLite it waits at the writer gate
-    /// like a transaction would, but costs no BEGIN and COMMIT round trips.
-    pub(crate) async fn write_alone<'q>(
+    pub(crate) async fn write_relaxed<'q>(
         &self,
         statement: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
     ) -> MetaResult<sqlx::any::AnyQueryResult> {
@@ -322,8 +359,15 @@ impl MetaStore {
             None => None,
         };
         metrics::histogram!(crate::metrics::DB_WRITE_WAIT).record(started.elapsed().as_secs_f64());
-        Ok(statement.execute(&self.pool).await?)
+        Ok(statement
+            .execute(self.relaxed.as_ref().unwrap_or(&self.pool))
+            .await?)
     }
+
+    /// The one way to write a transaction. On SQLite it first takes the in-process writer
+    /// gate: a write that bypassed it would meet SQLite's busy handler, which sleeps for up to
+    /// 100 ms at a time.
+    #[tracing::instrument(skip_all)]
 
     pub async fn begin_write(&self) -> MetaResult<WriteTx> {
         let started = std::time::Instant::now();
@@ -339,5 +383,41 @@ impl MetaStore {
             reviews: Default::default(),
             _gate: gate,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn synchronous(pool: &AnyPool) -> i64 {
+        let (level,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        level
+    }
+
+    /// Only the relaxed connection may commit without syncing: every other write (blobs,
+    /// manifests, tags) must survive power loss.
+    #[tokio::test]
+    async fn only_relaxed_writes_skip_the_sync_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/wharf.db", dir.path().display());
+        let store = MetaStore::open(&url, 4).await.unwrap();
+        assert!(store.relaxed_writes_may_be_lost());
+        // 2 = FULL, 1 = NORMAL.
+        assert_eq!(synchronous(&store.pool).await, 2);
+        assert_eq!(synchronous(store.relaxed.as_ref().unwrap()).await, 1);
+        let mut tx = store.begin_write().await.unwrap();
+        assert_eq!(
+            sqlx::query_as::<_, (i64,)>("PRAGMA synchronous")
+                .fetch_one(tx.conn())
+                .await
+                .unwrap()
+                .0,
+            2
+        );
+        tx.commit().await.unwrap();
     }
 }

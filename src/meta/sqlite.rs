@@ -28,6 +28,10 @@ pub const CONNECTION_SETUP: &[&str] = &[
     "PRAGMA busy_timeout = 30000",
 ];
 
+/// Run after [`CONNECTION_SETUP`] on the connection of relaxed writes: its commits survive a
+/// crash of the process but may be lost (whole, in commit order) in a crash of the system.
+pub const RELAXED_SETUP: &[&str] = &["PRAGMA synchronous = NORMAL"];
+
 /// `sqlite://path/to/db?opts` → the file path.
 pub fn path_of(url: &str) -> anyhow::Result<PathBuf> {
     let rest = url

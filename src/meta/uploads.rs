@@ -122,7 +122,9 @@ impl MetaStore {
         expected_size: u64,
         to: &UploadRecord,
     ) -> MetaResult<bool> {
-        // One statement, so no transaction around it: a PATCH's only write.
+        // One statement, so no transaction around it: a PATCH's only write. Relaxed: the
+        // caller records which kernel wrote it (`unsynced_on`) and treats the state as
+        // unconfirmed on any other.
         let statement = sqlx::query(
             "UPDATE uploads SET size = $3, hash_state = $4, driver_state = $5, updated_at = $6,
                     synced_size = $7, synced_hash_state = $8, unsynced_on = $9
@@ -137,7 +139,7 @@ impl MetaStore {
         .bind(to.synced_size as i64)
         .bind(to.synced_hash_state.as_slice())
         .bind(to.unsynced_on.as_str());
-        let done = self.write_alone(statement).await?;
+        let done = self.write_relaxed(statement).await?;
         Ok(done.rows_affected() == 1)
     }
 

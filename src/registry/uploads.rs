@@ -117,7 +117,7 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        self.check_unsynced(writer, record).await?;
+        self.check_unsynced(writer, record, range.is_none()).await?;
         if let Some(r) = range {
             if r.start != record.size {
                 return Err(Error::RangeInvalid {
@@ -172,14 +172,19 @@ impl Registry {
             next.unsynced_on = boot_id().to_owned();
         }
         if save == Save::Progress {
-            self.save_progress(record.size, &next).await?;
+            self.save_progress(record.size, &mut next).await?;
         }
         *record = next;
         Ok(())
     }
 
-    /// Saves `next` as the upload's state if the upload is still at `expected_size`.
-    async fn save_progress(&self, expected_size: u64, next: &UploadRecord) -> Result<()> {
+    /// Saves `next` as the upload's state if the upload is still at `expected_size`. Where
+    /// the database may lose such a save in a system crash, `next` records this kernel as the
+    /// one whose crash could take it back (see `check_unsynced`).
+    async fn save_progress(&self, expected_size: u64, next: &mut UploadRecord) -> Result<()> {
+        if self.meta.relaxed_writes_may_be_lost() {
+            next.unsynced_on = boot_id().to_owned();
+        }
         if self.meta.save_upload_progress(expected_size, next).await? {
             return Ok(());
         }
@@ -201,25 +206,62 @@ impl Registry {
         let Err(e) = writer.sync().await else {
             return Ok(());
         };
-        let back = record.rolled_back()?;
-        self.save_progress(record.size, &back).await?;
+        let mut back = record.rolled_back()?;
+        self.save_progress(record.size, &mut back).await?;
         tracing::error!(upload = %record.id, error = %e, size = back.size, "could not make an upload's data durable; it was rolled back to its checkpoint");
         *record = back;
         Err(e.into())
     }
 
-    /// Bytes past the checkpoint that another kernel wrote are trusted only once they are read
-    /// back and match the saved hash state (then they are synced here and become the
-    /// checkpoint); otherwise the upload goes back to its checkpoint and the request is refused
-    /// with the offset to resume from.
+    /// An upload state written on another kernel (another machine, or this one before a
+    /// crash) is confirmed before anything is added to it. Bytes past the checkpoint are
+    /// trusted only once they are read back and match the saved hash state (then they are
+    /// synced here and become the checkpoint); otherwise the upload goes back to its
+    /// checkpoint and the request is refused with the offset to resume from. Where the
+    /// database may have lost the latest saves in that crash (relaxed writes), the state may
+    /// also be older than what the client was last told: a request that does not say where
+    /// its bytes go (`implicit_offset`: no Content-Range) is refused once with the offset.
     async fn check_unsynced(
         &self,
         writer: &mut dyn UploadWriter,
         record: &mut UploadRecord,
+        implicit_offset: bool,
     ) -> Result<()> {
-        if record.size == record.synced_size || record.unsynced_on == boot_id() {
+        if record.unsynced_on.is_empty() || record.unsynced_on == boot_id() {
             return Ok(());
         }
+        let written_on = record.unsynced_on.clone();
+        if record.size > record.synced_size {
+            self.check_unsynced_bytes(writer, record).await?;
+        } else {
+            let mut next = record.clone();
+            self.save_progress(record.size, &mut next).await?;
+            *record = next;
+        }
+        if implicit_offset && self.meta.relaxed_writes_may_be_lost() {
+            tracing::warn!(
+                upload = %record.id,
+                %written_on,
+                size = record.size,
+                "an upload last saved before a restart of the system may have lost its latest progress; the client is asked to resume from the saved offset"
+            );
+            return Err(Error::RangeInvalid {
+                message: format!(
+                    "the upload was last saved before the system restarted, so the registry may hold less of it than it acknowledged; it holds {} bytes: resume from byte {} (or send a Content-Range)",
+                    record.size, record.size
+                ),
+                offset: record.size,
+            });
+        }
+        Ok(())
+    }
+
+    /// The read-back half of `check_unsynced`: the bytes past the checkpoint.
+    async fn check_unsynced_bytes(
+        &self,
+        writer: &mut dyn UploadWriter,
+        record: &mut UploadRecord,
+    ) -> Result<()> {
         let mut hasher = record.checkpoint_hasher()?;
         let len = record.size - record.synced_size;
         let intact = match writer
@@ -251,11 +293,11 @@ impl Registry {
         if intact && writer.sync().await.is_ok() {
             let mut next = record.clone();
             next.checkpoint_at_end();
-            self.save_progress(record.size, &next).await?;
+            self.save_progress(record.size, &mut next).await?;
             *record = next;
             return Ok(());
         }
-        let back = record.rolled_back()?;
+        let mut back = record.rolled_back()?;
         tracing::warn!(
             upload = %record.id,
             written_on = %record.unsynced_on,
@@ -263,7 +305,7 @@ impl Registry {
             checkpoint = back.size,
             "bytes past an upload's checkpoint, written before a crash or on another machine, did not survive; the upload resumes from its checkpoint"
         );
-        self.save_progress(record.size, &back).await?;
+        self.save_progress(record.size, &mut back).await?;
         let lost = record.size;
         *record = back;
         // Whatever this request meant to do, it assumed the upload held `lost` bytes: a
