@@ -251,6 +251,14 @@ impl Bench {
 
     async fn fs(&self) -> anyhow::Result<()> {
         let sets = self.layouts(&SETS)?;
+        // skopeo's own ceiling, no registry involved: the large image from one layout into
+        // another (it reads, hashes and writes every byte, as a pull does).
+        if let Some((_, layout, summary)) = sets.iter().find(|(name, ..)| name == "large") {
+            let mut out = Out::start("machine", "skopeo", None);
+            let scratch = self.work.join("fs").join("skopeo-local");
+            skopeo::local_copy(&mut out, layout, summary, &scratch, 2)?;
+            out.finish();
+        }
         for kind in KINDS {
             self.fresh(&format!("fs/{}", kind.label()))?;
             let server = self.setup(kind, "fs", None, None).start()?;

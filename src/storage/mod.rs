@@ -149,7 +149,7 @@ pub trait UploadWriter: Send {
     /// Streams `len` bytes of the upload's data from `start`: bytes another kernel wrote and
     /// may not have made durable are checked against their recorded hash before anyone
     /// trusts them. `None` from a driver whose appends are durable: whatever its uploads
-    /// hold is (an upload recorded by an older wharf may still look unsynced).
+    /// hold is.
     async fn read_back(
         &mut self,
         _state: &str,
