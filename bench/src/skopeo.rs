@@ -75,6 +75,21 @@ pub fn push_pull(
     Ok(())
 }
 
+/// Copies every tag of the set from `src(tag)` to `dst(tag)`, one skopeo at a time: the wall
+/// time.
+fn copy_set(
+    set: &SetSummary,
+    src: impl Fn(&str) -> String,
+    dst: impl Fn(&str) -> String,
+    log: &Path,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    for tag in &set.tags {
+        copy(set.multiarch, &src(tag), &dst(tag), log)?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
 /// Every tag of the set from its layout into fresh layouts, best of `rounds`: what skopeo
 /// itself can do with the bytes of a pull when no registry is in the way.
 pub fn local_copy(
@@ -90,16 +105,13 @@ pub fn local_copy(
         let _ = std::fs::remove_dir_all(work);
         std::fs::create_dir_all(work)?;
         unsafe { libc::sync() };
-        let started = Instant::now();
-        for tag in &set.tags {
-            copy(
-                set.multiarch,
-                &format!("oci:{}:{tag}", layout.display()),
-                &format!("oci:{}:{tag}", work.join(tag).display()),
-                &log,
-            )?;
-        }
-        best = best.min(started.elapsed().as_secs_f64());
+        let secs = copy_set(
+            set,
+            |tag| format!("oci:{}:{tag}", layout.display()),
+            |tag| format!("oci:{}:{tag}", work.join(tag).display()),
+            &log,
+        )?;
+        best = best.min(secs);
     }
     std::fs::remove_dir_all(work)?;
     out.metric(
@@ -121,30 +133,22 @@ fn one_round(
     let log = work.join("skopeo.log");
     reset_blob_cache();
     unsafe { libc::sync() };
-    let started = Instant::now();
-    for tag in &set.tags {
-        copy(
-            set.multiarch,
-            &format!("oci:{}:{tag}", layout.display()),
-            &format!("docker://{host}/{repo}:{tag}"),
-            &log,
-        )?;
-    }
-    let push = started.elapsed().as_secs_f64();
+    let push = copy_set(
+        set,
+        |tag| format!("oci:{}:{tag}", layout.display()),
+        |tag| format!("docker://{host}/{repo}:{tag}"),
+        &log,
+    )?;
     let pulled = work.join("pulled");
     let _ = std::fs::remove_dir_all(&pulled);
     std::fs::create_dir_all(&pulled)?;
     unsafe { libc::sync() };
-    let started = Instant::now();
-    for tag in &set.tags {
-        copy(
-            set.multiarch,
-            &format!("docker://{host}/{repo}:{tag}"),
-            &format!("oci:{}:{tag}", pulled.join(tag).display()),
-            &log,
-        )?;
-    }
-    let pull = started.elapsed().as_secs_f64();
+    let pull = copy_set(
+        set,
+        |tag| format!("docker://{host}/{repo}:{tag}"),
+        |tag| format!("oci:{}:{tag}", pulled.join(tag).display()),
+        &log,
+    )?;
     for tag in &set.tags {
         let (want, got) = (tag_digest(layout, tag), tag_digest(&pulled.join(tag), tag));
         if want.is_none() || want != got {

@@ -234,7 +234,9 @@ impl Registry {
         if record.size > record.synced_size {
             self.check_unsynced_bytes(writer, record).await?;
         } else {
+            // Nothing past the checkpoint to read back: the state is confirmed here.
             let mut next = record.clone();
+            next.unsynced_on.clear();
             self.save_progress(record.size, &mut next).await?;
             *record = next;
         }
